@@ -1,0 +1,53 @@
+"""Every error a caller of orchestrator_db can meet, in one place.
+
+Messages name what went wrong and what to do; they never carry plaintext
+secrets, ciphertext or key material.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorDBError(Exception):
+    """Base class, so an app can catch everything this package raises."""
+
+
+class ConfigurationError(OrchestratorDBError):
+    """A setting is missing or malformed."""
+
+
+class KeyConfigError(ConfigurationError):
+    """The encryption key ring is missing or malformed."""
+
+
+class DecryptionError(OrchestratorDBError):
+    """A stored secret could not be decrypted: tampered, truncated, moved,
+    or under a key that is not in the ring."""
+
+
+class ScopeError(OrchestratorDBError):
+    """A tenant scope was misused, or the database would not enforce it."""
+
+
+class NotFound(OrchestratorDBError, LookupError):
+    """Base for lookups that found nothing visible in the current scope."""
+
+
+class AccountNotFound(NotFound):
+    """The scoped user has no trading account."""
+
+
+class AccountExists(OrchestratorDBError):
+    """The scoped user already has a trading account (one per user)."""
+
+
+class CredentialNotFound(NotFound):
+    """No usable credential; ``reason`` is 'missing', 'inactive' or 'expired'."""
+
+    def __init__(self, credential_type: str, reason: str) -> None:
+        self.credential_type = credential_type
+        self.reason = reason
+        super().__init__(f"credential {credential_type!r} is {reason}")
+
+
+class PoolTimeout(OrchestratorDBError, TimeoutError):
+    """No database connection became free within the configured wait."""

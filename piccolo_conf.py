@@ -1,0 +1,9 @@
+"""Piccolo's entry point: the database engine, built from DATABASE_URL, and the apps."""
+
+from piccolo.conf.apps import AppRegistry
+
+from orchestrator_db.engine import build_engine
+
+DB = build_engine()
+
+APP_REGISTRY = AppRegistry(apps=["orchestrator_db.piccolo_app"])
