@@ -1,0 +1,134 @@
+"""Pydantic models that applications import.
+
+The read models are generated from the tables with ``create_pydantic_model``
+and then tightened: every column of a stored row is required, and the
+secrets are ``SecretStr`` so they never show in a repr, str or JSON dump
+unless ``get_secret_value()`` is called. The input models validate what a
+caller passes in, before any SQL runs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Annotated
+
+from piccolo.utils.pydantic import create_pydantic_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, StringConstraints
+
+from orchestrator_db.tables import (
+    ACCOUNT_NAME_MAX_LENGTH,
+    CREDENTIAL_TYPE_MAX_LENGTH,
+    UserAccounts,
+    UserCredentials,
+)
+
+__all__ = [
+    "UserAccount",
+    "UserCredential",
+    "UserAccountCreate",
+    "UserCredentialInput",
+    "UserId",
+    "CredentialType",
+    "USER_ID_MAX_LENGTH",
+    "SECRET_MAX_LENGTH",
+]
+
+USER_ID_MAX_LENGTH = 255
+#: Broker keys are short; a bound keeps a bad caller from storing megabytes.
+SECRET_MAX_LENGTH = 4096
+
+# No control characters: PostgreSQL text cannot hold NUL, and ids with
+# newlines or escapes only cause grief in logs and admin pages.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+
+UserId = Annotated[
+    str,
+    StringConstraints(
+        strict=True, min_length=1, max_length=USER_ID_MAX_LENGTH, pattern=_PRINTABLE
+    ),
+]
+AccountName = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        strip_whitespace=True,
+        min_length=1,
+        max_length=ACCOUNT_NAME_MAX_LENGTH,
+        pattern=_PRINTABLE,
+    ),
+]
+CredentialType = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        min_length=1,
+        max_length=CREDENTIAL_TYPE_MAX_LENGTH,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+    ),
+]
+Secret = Annotated[
+    SecretStr, StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH)
+]
+
+_READ_CONFIG = ConfigDict(from_attributes=True, hide_input_in_errors=True)
+# hide_input_in_errors: a ValidationError must never echo a secret back.
+_INPUT_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class UserAccount(
+    create_pydantic_model(
+        UserAccounts,
+        model_name="UserAccountBase",
+        include_default_columns=True,
+        pydantic_config=_READ_CONFIG,
+    )
+):
+    """A stored user_accounts row."""
+
+    id: uuid.UUID
+    is_active: bool
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+class UserCredential(
+    create_pydantic_model(
+        UserCredentials,
+        model_name="UserCredentialBase",
+        include_default_columns=True,
+        pydantic_config=_READ_CONFIG,
+    )
+):
+    """A stored user_credentials row, with its secrets decrypted into SecretStr."""
+
+    id: uuid.UUID
+    api_key: SecretStr
+    secret_key: SecretStr
+    is_active: bool
+    expires_at: datetime.datetime | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+UserAccount.__name__ = UserAccount.__qualname__ = "UserAccount"
+UserCredential.__name__ = UserCredential.__qualname__ = "UserCredential"
+
+
+class UserAccountCreate(BaseModel):
+    """What `create_account` accepts."""
+
+    model_config = _INPUT_CONFIG
+
+    account_name: AccountName
+
+
+class UserCredentialInput(BaseModel):
+    """What `put_credential` accepts; validated before anything is encrypted or written."""
+
+    model_config = _INPUT_CONFIG
+
+    credential_type: CredentialType
+    api_key: Secret
+    secret_key: Secret
+    expires_at: AwareDatetime | None = None
