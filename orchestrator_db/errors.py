@@ -51,3 +51,7 @@ class CredentialNotFound(NotFound):
 
 class PoolTimeout(OrchestratorDBError, TimeoutError):
     """No database connection became free within the configured wait."""
+
+
+class UserNotFound(NotFound):
+    """No Better Auth user with that id exists."""

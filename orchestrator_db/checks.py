@@ -1,0 +1,88 @@
+"""Is this deployment actually protected by row-level security?
+
+One catalog query answers it; the `check` command prints the findings and
+`user_scope` refuses to run on a connection that would bypass the policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+TENANT_TABLES = ("user_accounts", "user_credentials")
+
+_CATALOG_QUERY = """
+SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+       t.name AS table_name,
+       c.oid IS NOT NULL AS table_exists,
+       coalesce(c.relrowsecurity, false) AS rls_enabled,
+       coalesce(c.relforcerowsecurity, false) AS rls_forced,
+       coalesce(pg_has_role(current_user, c.relowner, 'MEMBER'), false) AS is_owner,
+       EXISTS (SELECT 1 FROM pg_policy p
+               WHERE p.polrelid = c.oid AND p.polname = t.name || '_owner'
+                 AND p.polcmd = '*' AND p.polpermissive
+                 AND p.polqual IS NOT NULL AND p.polwithcheck IS NOT NULL) AS has_policy
+FROM pg_roles r
+CROSS JOIN unnest($1::text[]) AS t(name)
+LEFT JOIN pg_class c ON c.oid = to_regclass('public.' || quote_ident(t.name))
+WHERE r.rolname = current_user
+ORDER BY t.name
+"""
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    fix: str = ""
+
+
+async def inspect_deployment(connection: asyncpg.Connection) -> list[Finding]:
+    """Each finding is one thing that must hold for the policies to protect anyone."""
+    rows = await connection.fetch(_CATALOG_QUERY, list(TENANT_TABLES))
+    role = rows[0]["rolname"]
+    findings = [
+        Finding(
+            f"role {role} is not a superuser",
+            not rows[0]["rolsuper"],
+            "superusers bypass row-level security: connect with the application "
+            "role made by `piccolo orchestrator_db create_roles`",
+        ),
+        Finding(
+            f"role {role} does not have BYPASSRLS",
+            not rows[0]["rolbypassrls"],
+            "BYPASSRLS roles see every user's rows: serve users with the "
+            "application role, keep the operator role for the admin and key rotation",
+        ),
+    ]
+    migrate = "run `piccolo migrations forwards all` as the table owner"
+    for row in rows:
+        table = row["table_name"]
+        if not row["table_exists"]:
+            findings.append(Finding(f"table {table} exists", False, migrate))
+            continue
+        findings += [
+            Finding(f"{table}: row-level security enabled", row["rls_enabled"], migrate),
+            Finding(
+                f"{table}: row-level security forced",
+                row["rls_forced"],
+                f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY (or {migrate})",
+            ),
+            Finding(f"{table}: policy {table}_owner present", row["has_policy"], migrate),
+            Finding(
+                f"{table}: role {role} is not its owner",
+                not row["is_owner"],
+                "owners can change or drop the policies: run migrations as the "
+                "owner, serve users with the application role",
+            ),
+        ]
+    return findings
+
+
+def failures(findings: list[Finding]) -> list[Finding]:
+    return [finding for finding in findings if not finding.ok]
+
+
+def describe_failures(findings: list[Finding]) -> str:
+    return "; ".join(f"{f.check}: FAILED. Fix: {f.fix}" for f in failures(findings))
