@@ -2,8 +2,8 @@
 
 from piccolo.conf.apps import AppRegistry
 
-from orchestrator_db.engine import build_engine
+from orchestrator_db.engine import get_engine
 
-DB = build_engine()
+DB = get_engine()
 
 APP_REGISTRY = AppRegistry(apps=["orchestrator_db.piccolo_app"])

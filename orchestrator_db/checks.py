@@ -36,6 +36,10 @@ class Finding:
     check: str
     ok: bool
     fix: str = ""
+    #: False for a failure that weakens the deployment without letting this
+    #: role bypass the policies (an owner under FORCE): `check` fails on it,
+    #: `user_scope` does not.
+    bypasses_rls: bool = True
 
 
 async def inspect_deployment(connection: asyncpg.Connection) -> list[Finding]:
@@ -75,6 +79,7 @@ async def inspect_deployment(connection: asyncpg.Connection) -> list[Finding]:
                 not row["is_owner"],
                 "owners can change or drop the policies: run migrations as the "
                 "owner, serve users with the application role",
+                bypasses_rls=not row["rls_forced"],
             ),
         ]
     return findings
@@ -84,5 +89,10 @@ def failures(findings: list[Finding]) -> list[Finding]:
     return [finding for finding in findings if not finding.ok]
 
 
-def describe_failures(findings: list[Finding]) -> str:
-    return "; ".join(f"{f.check}: FAILED. Fix: {f.fix}" for f in failures(findings))
+def rls_bypasses(findings: list[Finding]) -> list[Finding]:
+    """The failures that would let this role see or write other users' rows."""
+    return [finding for finding in failures(findings) if finding.bypasses_rls]
+
+
+def describe(findings: list[Finding]) -> str:
+    return "; ".join(f"{f.check}: FAILED. Fix: {f.fix}" for f in findings)

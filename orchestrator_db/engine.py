@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -36,7 +38,46 @@ def pool_options() -> dict[str, Any]:
     }
 
 
-def build_engine() -> PostgresEngine:
-    # No extensions: gen_random_uuid() is built in since PostgreSQL 13, and
-    # the application role may not create extensions.
-    return PostgresEngine(config=engine_config(), extensions=())
+_engine: PostgresEngine | None = None
+
+
+def get_engine() -> PostgresEngine:
+    """The one engine, built at first use and bound to this package's tables.
+
+    Binding the tables directly means an app that imports orchestrator_db
+    needs no piccolo_conf.py of its own; piccolo_conf.py exposes this same
+    engine to Piccolo's CLI.
+    """
+    global _engine
+    if _engine is None:
+        from orchestrator_db.tables import BetterAuthUser, UserAccounts, UserCredentials
+
+        # No extensions: gen_random_uuid() is built in since PostgreSQL 13,
+        # and the application role may not create extensions.
+        _engine = PostgresEngine(config=engine_config(), extensions=())
+        for table in (BetterAuthUser, UserAccounts, UserCredentials):
+            table._meta.db = _engine
+    return _engine
+
+
+async def open_pool() -> None:
+    """Start the tables' connection pool; without one, every scope opens a new connection."""
+    engine = get_engine()
+    if engine.pool is None:
+        await engine.start_connection_pool(**pool_options())
+
+
+async def close_pool() -> None:
+    engine = get_engine()
+    if engine.pool is not None:
+        await engine.close_connection_pool()
+
+
+@asynccontextmanager
+async def connected() -> AsyncIterator[None]:
+    """The pool, open for the duration of the block (an app's lifespan)."""
+    await open_pool()
+    try:
+        yield
+    finally:
+        await close_pool()

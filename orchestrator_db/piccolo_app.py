@@ -4,6 +4,9 @@ import os
 
 from piccolo.conf.apps import AppConfig, Command
 
+from orchestrator_db.commands.check import check
+from orchestrator_db.commands.create_roles import create_roles
+from orchestrator_db.commands.generate_key import generate_key
 from orchestrator_db.tables import UserAccounts, UserCredentials
 
 CURRENT_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
@@ -13,5 +16,9 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=os.path.join(CURRENT_DIRECTORY, "piccolo_migrations"),
     table_classes=[UserAccounts, UserCredentials],
     migration_dependencies=[],
-    commands=[],
+    commands=[
+        Command(check),
+        Command(create_roles),
+        Command(generate_key),
+    ],
 )

@@ -23,12 +23,12 @@ from typing import Any
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
-from orchestrator_db.checks import describe_failures, failures, inspect_deployment
+from orchestrator_db.checks import describe, inspect_deployment, rls_bypasses
+from orchestrator_db.engine import get_engine
 from orchestrator_db.errors import PoolTimeout, ScopeError
 from orchestrator_db.models import USER_ID_MAX_LENGTH
 from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 from orchestrator_db.store import UserScope
-from orchestrator_db.tables import UserCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +147,11 @@ async def _refuse_rls_bypass(raw: Any) -> None:
     server_connection = _server_connection(raw)
     if server_connection in _verified_connections:
         return
-    findings = await inspect_deployment(raw)
-    if failures(findings):
+    bypasses = rls_bypasses(await inspect_deployment(raw))
+    if bypasses:
         raise ScopeError(
             "refusing to run a user scope: row-level security would not "
-            f"protect this connection. {describe_failures(findings)}. "
+            f"protect this connection. {describe(bypasses)}. "
             "(Tests of the bypass itself may pass allow_rls_bypass=True.)"
         )
     _verified_connections.add(server_connection)
@@ -178,7 +178,7 @@ async def user_scope(
         yield active
         return
 
-    engine: PostgresEngine = UserCredentials._meta.db
+    engine = get_engine()
     raw, pooled = await _acquire(engine)
     connection = ScopeConnection(raw, user_id)
     scope = UserScope(user_id, connection)

@@ -1,0 +1,48 @@
+"""orchestrator_db: users' trading accounts and encrypted API credentials.
+
+What an app imports::
+
+    from orchestrator_db import connected, user_scope
+
+    async with connected():
+        async with user_scope(user_id) as scope:
+            credential = await scope.get_credential("alpaca")
+"""
+
+from orchestrator_db.engine import close_pool, connected, open_pool
+from orchestrator_db.errors import (
+    AccountExists,
+    AccountNotFound,
+    ConfigurationError,
+    CredentialNotFound,
+    DecryptionError,
+    KeyConfigError,
+    OrchestratorDBError,
+    PoolTimeout,
+    ScopeError,
+    UserNotFound,
+)
+from orchestrator_db.models import UserAccount, UserCredential
+from orchestrator_db.store import UserScope
+from orchestrator_db.tenancy import current_scope, user_scope
+
+__all__ = [
+    "AccountExists",
+    "AccountNotFound",
+    "ConfigurationError",
+    "CredentialNotFound",
+    "DecryptionError",
+    "KeyConfigError",
+    "OrchestratorDBError",
+    "PoolTimeout",
+    "ScopeError",
+    "UserAccount",
+    "UserCredential",
+    "UserNotFound",
+    "UserScope",
+    "close_pool",
+    "connected",
+    "current_scope",
+    "open_pool",
+    "user_scope",
+]
