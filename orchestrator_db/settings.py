@@ -122,3 +122,8 @@ def admin_settings() -> AdminSettings:
         allowed_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
         production=is_production(),
     )
+
+
+def configured_database_url() -> str | None:
+    """DATABASE_URL if set; the run and test commands start a local server otherwise."""
+    return os.environ.get("DATABASE_URL", "").strip() or None

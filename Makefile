@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench soak install system-packages
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pgbouncer and chromium come from Debian; nothing downloads a browser.
+system-packages:
+	@bash scripts/ensure-system-packages
+
+## Migrate (embedded PostgreSQL unless DATABASE_URL is set), then serve.
+run: install
+	$(PY) -m orchestrator_db.launch
+
+## The whole test suite against a real PostgreSQL, in a throwaway database.
+test: install system-packages
+	$(PY) -m pytest
+
+## Benchmarks against raw asyncpg and SQLAlchemy; prints ratios.
+bench: install
+	$(PY) -m benchmarks.run $(ARGS)
+
+## Long-running reliability tests.
+soak: install system-packages
+	$(PY) -m pytest -m soak --run-soak
