@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated
 
 from piccolo.utils.pydantic import create_pydantic_model
-from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
 
 from orchestrator_db.tables import (
     ACCOUNT_NAME_MAX_LENGTH,
@@ -68,7 +68,7 @@ CredentialType = Annotated[
     ),
 ]
 Secret = Annotated[
-    SecretStr, StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH)
+    SecretStr, Strict(), StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH)
 ]
 
 _READ_CONFIG = ConfigDict(from_attributes=True, hide_input_in_errors=True)
