@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated
 
 from piccolo.utils.pydantic import create_pydantic_model
-from pydantic import AwareDatetime, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
+from pydantic import AwareDatetime, ValidationError, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
 
 from orchestrator_db.tables import (
     ACCOUNT_NAME_MAX_LENGTH,
@@ -32,6 +32,7 @@ __all__ = [
     "CredentialType",
     "USER_ID_MAX_LENGTH",
     "SECRET_MAX_LENGTH",
+    "validate_credential_input",
 ]
 
 USER_ID_MAX_LENGTH = 255
@@ -132,3 +133,31 @@ class UserCredentialInput(BaseModel):
     api_key: Secret
     secret_key: Secret
     expires_at: AwareDatetime | None = None
+
+
+_SECRET_FIELDS = frozenset({"api_key", "secret_key"})
+_REDACTED = "**********"
+
+
+def _without_secret_inputs(error: ValidationError) -> ValidationError:
+    """The same errors, minus the rejected secret values.
+
+    ``hide_input_in_errors`` only hides inputs from ``str()``; ``errors()``
+    (what FastAPI returns in a 422) would still carry them.
+    """
+    details = []
+    for item in error.errors(include_url=False):
+        if item["loc"] and item["loc"][0] in _SECRET_FIELDS:
+            item["input"] = _REDACTED
+        details.append(
+            {key: item[key] for key in ("type", "loc", "input", "ctx") if key in item}
+        )
+    return ValidationError.from_exception_data(error.title, details, hide_input=True)
+
+
+def validate_credential_input(**values: object) -> UserCredentialInput:
+    """UserCredentialInput(**values), raising a ValidationError that holds no secret."""
+    try:
+        return UserCredentialInput(**values)
+    except ValidationError as error:
+        raise _without_secret_inputs(error) from None

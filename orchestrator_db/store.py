@@ -26,7 +26,7 @@ from orchestrator_db.models import (
     UserAccount,
     UserAccountCreate,
     UserCredential,
-    UserCredentialInput,
+    validate_credential_input,
 )
 from orchestrator_db.models import CredentialType as _CredentialType  # noqa: F401
 from orchestrator_db.tables import UserAccounts, UserCredentials
@@ -57,15 +57,10 @@ _CREDENTIALS_IN_TX = (
 _INSERT_ACCOUNT = (
     f"INSERT INTO {ACCOUNTS} (user_id, account_name) VALUES ($1, $2) RETURNING *"
 )
-# Locks the account row, so writers of one user's credentials queue up
-# instead of racing; returns the existing credential's id, if any.
-_LOCK_SLOT = f"""
-SELECT a.id AS account_id, c.id AS credential_id
-FROM {ACCOUNTS} a
-LEFT JOIN {CREDENTIALS} c ON c.user_account_id = a.id AND c.credential_type = $2
-WHERE a.user_id = $1
-FOR NO KEY UPDATE OF a
-"""
+# Locks the account row (one user's writers queue up instead of racing) and
+# returns the existing credential's id, if any; see its migration for why it
+# is a two-statement function.
+_LOCK_SLOT = "SELECT account_id, credential_id FROM orchestrator_db_credential_slot($1, $2)"
 _INSERT_CREDENTIAL = f"""
 INSERT INTO {CREDENTIALS}
     (id, user_account_id, user_id, credential_type, api_key, secret_key, expires_at)
@@ -141,7 +136,7 @@ class UserScope:
         expires_at: datetime.datetime | None = None,
     ) -> UserCredential:
         """Insert, or replace in place (re-encrypted, reactivated)."""
-        data = UserCredentialInput(
+        data = validate_credential_input(
             credential_type=credential_type,
             api_key=api_key,
             secret_key=secret_key,

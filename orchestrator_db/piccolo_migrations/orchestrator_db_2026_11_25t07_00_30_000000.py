@@ -9,6 +9,9 @@ VERSION = "1.38.0"
 DESCRIPTION = "checks, composite foreign key, indexes, updated_at trigger, comments"
 
 FORWARDS = [
+    # Piccolo writes DEFAULT NULL on required NOT NULL columns; no default is meant.
+    "ALTER TABLE user_accounts ALTER COLUMN account_name DROP DEFAULT",
+    "ALTER TABLE user_credentials ALTER COLUMN credential_type DROP DEFAULT",
     # Piccolo gives NOT NULL text columns DEFAULT ''; these make '' impossible.
     """ALTER TABLE user_accounts
         ADD CONSTRAINT user_accounts_user_id_not_empty CHECK (user_id <> ''),
