@@ -20,7 +20,7 @@ system-packages:
 
 ## Migrate (embedded PostgreSQL unless DATABASE_URL is set), then serve.
 run: install
-	$(PY) -m orchestrator_db.launch
+	$(PY) -m orchestrator_db.launch $(ARGS)
 
 ## The whole test suite against a real PostgreSQL, in a throwaway database.
 test: install system-packages

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from orchestrator_db.settings import CURRENT_USER_SETTING
+
 TENANT_TABLES = ("user_accounts", "user_credentials")
+
+#: The policy expression as PostgreSQL prints it back (pg_get_expr); a policy
+#: with the right name but another expression is not our policy.
+POLICY_EXPRESSION = (
+    f"(user_id = NULLIF(current_setting('{CURRENT_USER_SETTING}'::text, true), ''::text))"
+)
 
 _CATALOG_QUERY = """
 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
@@ -22,7 +30,18 @@ SELECT r.rolname, r.rolsuper, r.rolbypassrls,
        EXISTS (SELECT 1 FROM pg_policy p
                WHERE p.polrelid = c.oid AND p.polname = t.name || '_owner'
                  AND p.polcmd = '*' AND p.polpermissive
-                 AND p.polqual IS NOT NULL AND p.polwithcheck IS NOT NULL) AS has_policy
+                 AND pg_get_expr(p.polqual, p.polrelid) = $2
+                 AND pg_get_expr(p.polwithcheck, p.polrelid) = $2) AS has_policy,
+       -- Permissive policies are OR-ed together: any other one that applies
+       -- to this role widens what it may see and write.
+       coalesce((SELECT array_agg(p.polname::text ORDER BY p.polname) FROM pg_policy p
+                 WHERE p.polrelid = c.oid AND p.polpermissive
+                   AND p.polname <> t.name || '_owner'
+                   AND (0::oid = ANY (p.polroles)
+                        OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS pr(oid)
+                                   WHERE pr.oid <> 0
+                                     AND pg_has_role(current_user, pr.oid, 'MEMBER')))),
+                '{}') AS other_permissive
 FROM pg_roles r
 CROSS JOIN unnest($1::text[]) AS t(name)
 LEFT JOIN pg_class c ON c.oid = to_regclass('public.' || quote_ident(t.name))
@@ -44,7 +63,7 @@ class Finding:
 
 async def inspect_deployment(connection: asyncpg.Connection) -> list[Finding]:
     """Each finding is one thing that must hold for the policies to protect anyone."""
-    rows = await connection.fetch(_CATALOG_QUERY, list(TENANT_TABLES))
+    rows = await connection.fetch(_CATALOG_QUERY, list(TENANT_TABLES), POLICY_EXPRESSION)
     role = rows[0]["rolname"]
     findings = [
         Finding(
@@ -74,6 +93,13 @@ async def inspect_deployment(connection: asyncpg.Connection) -> list[Finding]:
                 f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY (or {migrate})",
             ),
             Finding(f"{table}: policy {table}_owner present", row["has_policy"], migrate),
+            Finding(
+                f"{table}: no other permissive policy",
+                not row["other_permissive"],
+                f"permissive policies are OR-ed with {table}_owner, so "
+                f"{', '.join(row['other_permissive'])} may expose other users' rows: "
+                "drop them, or recreate them AS RESTRICTIVE",
+            ),
             Finding(
                 f"{table}: role {role} is not its owner",
                 not row["is_owner"],

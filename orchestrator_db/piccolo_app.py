@@ -6,7 +6,11 @@ from piccolo.conf.apps import AppConfig, Command
 
 from orchestrator_db.commands.check import check
 from orchestrator_db.commands.create_roles import create_roles
+from orchestrator_db.commands.encrypt_plaintext import encrypt_plaintext
 from orchestrator_db.commands.generate_key import generate_key
+from orchestrator_db.commands.key_status import key_status
+from orchestrator_db.commands.rotate_keys import rotate_keys
+from orchestrator_db.commands.seed_demo import seed_demo
 from orchestrator_db.tables import UserAccounts, UserCredentials
 
 CURRENT_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
@@ -20,5 +24,9 @@ APP_CONFIG = AppConfig(
         Command(check),
         Command(create_roles),
         Command(generate_key),
+        Command(key_status),
+        Command(rotate_keys),
+        Command(encrypt_plaintext),
+        Command(seed_demo),
     ],
 )

@@ -127,3 +127,22 @@ def admin_settings() -> AdminSettings:
 def configured_database_url() -> str | None:
     """DATABASE_URL if set; the run and test commands start a local server otherwise."""
     return os.environ.get("DATABASE_URL", "").strip() or None
+
+
+def seed_users_database_url() -> str | None:
+    """Where `seed_demo` inserts its Better Auth users; default DATABASE_URL.
+
+    Better Auth owns "user" and the application role may only read it, so
+    the demo users are inserted by a role that may (the table owner).
+    """
+    return os.environ.get("ORCHESTRATOR_DB_SEED_USERS_URL", "").strip() or None
+
+
+def admin_bind() -> tuple[str, int]:
+    """Where `make run` serves the admin: ORCHESTRATOR_DB_ADMIN_HOST / _PORT.
+
+    The default, 127.0.0.1:8000, is reachable from this machine only; a
+    container sets the host to 0.0.0.0 and publishes the port itself.
+    """
+    host = os.environ.get("ORCHESTRATOR_DB_ADMIN_HOST", "").strip() or "127.0.0.1"
+    return host, _int("ORCHESTRATOR_DB_ADMIN_PORT", 8000)

@@ -21,15 +21,12 @@ TIMESTAMP_DEFAULTS = {"CURRENT_TIMESTAMP", "now()"}
 UUID_DEFAULT = {"gen_random_uuid()"}
 TRUE_DEFAULT = {"true"}
 NO_DEFAULT = {None}
-# A NOT NULL varchar declared without a default may read back as an explicit
-# NULL default; either way an INSERT that omits the column fails.
-VARCHAR_NO_DEFAULT = {None, "NULL::character varying"}
 
 # column -> (data_type, character_maximum_length, is_nullable, allowed defaults)
 USER_ACCOUNTS_COLUMNS = {
     "id": ("uuid", None, "NO", UUID_DEFAULT),
     "user_id": ("text", None, "NO", NO_DEFAULT),
-    "account_name": ("character varying", 255, "NO", VARCHAR_NO_DEFAULT),
+    "account_name": ("character varying", 255, "NO", NO_DEFAULT),
     "is_active": ("boolean", None, "NO", TRUE_DEFAULT),
     "created_at": ("timestamp with time zone", None, "NO", TIMESTAMP_DEFAULTS),
     "updated_at": ("timestamp with time zone", None, "NO", TIMESTAMP_DEFAULTS),
@@ -38,7 +35,7 @@ USER_CREDENTIALS_COLUMNS = {
     "id": ("uuid", None, "NO", UUID_DEFAULT),
     "user_account_id": ("uuid", None, "NO", NO_DEFAULT),
     "user_id": ("text", None, "NO", NO_DEFAULT),
-    "credential_type": ("character varying", 50, "NO", VARCHAR_NO_DEFAULT),
+    "credential_type": ("character varying", 50, "NO", NO_DEFAULT),
     "api_key": ("text", None, "NO", NO_DEFAULT),
     "secret_key": ("text", None, "NO", NO_DEFAULT),
     "is_active": ("boolean", None, "NO", TRUE_DEFAULT),

@@ -28,6 +28,39 @@ async def _grant(connection: asyncpg.Connection, statement: str, *names: str) ->
     await connection.execute(statement.format(*quoted))
 
 
+# The admin panel's tables (see admin.py) #####################################
+# Only the operator role, which the admin connects as, may touch them; the
+# application role gets nothing. The audit log is append-only: SELECT and
+# INSERT, and a trigger refuses UPDATE and DELETE even to its owner.
+OPERATOR_ONLY = {
+    "piccolo_user": "SELECT, INSERT, UPDATE, DELETE",
+    "sessions": "SELECT, INSERT, UPDATE, DELETE",
+    "authenticator_secret": "SELECT, INSERT, UPDATE, DELETE",
+    "admin_audit_log": "SELECT, INSERT",
+    "user_credentials_admin": "SELECT, UPDATE, DELETE",
+}
+
+
+async def _grant_admin_tables(
+    connection: asyncpg.Connection, app_role: str, operator_role: str
+) -> None:
+    """Grant the admin's tables to the operator alone; skipped for tables not migrated yet."""
+    for table, privileges in OPERATOR_ONLY.items():
+        if not await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            continue
+        await _grant(connection, f"REVOKE ALL ON {table} FROM {{0}}", app_role)
+        await _grant(connection, f"REVOKE ALL ON {table} FROM {{0}}", operator_role)
+        await _grant(connection, f"GRANT {privileges} ON {table} TO {{0}}", operator_role)
+        sequence = await connection.fetchval(
+            "SELECT pg_get_serial_sequence($1, 'id')", table
+        )
+        if sequence and "INSERT" in privileges:
+            await connection.execute(
+                f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO "
+                + await connection.fetchval("SELECT quote_ident($1)", operator_role)
+            )
+
+
 async def provision_roles(
     app_role: str, app_password: str, operator_role: str, operator_password: str
 ) -> None:
@@ -61,6 +94,7 @@ async def provision_roles(
                         role,
                     )
                     await _grant(connection, f"REVOKE TRUNCATE ON {table} FROM {{0}}", role)
+            await _grant_admin_tables(connection, app_role, operator_role)
     finally:
         await connection.close()
 
