@@ -99,6 +99,11 @@ class UserScope:
     def __repr__(self) -> str:
         return f"UserScope(user_id={self.user_id!r})"
 
+    @property
+    def owner_task(self) -> object:
+        """The asyncio task that opened this scope; only it may use the scope."""
+        return self._connection.owner_task
+
     # Accounts ###############################################################
 
     async def create_account(self, account_name: str) -> UserAccount:
@@ -150,32 +155,38 @@ class UserScope:
                 f"user {self.user_id!r} has no account; call create_account first"
             )
         account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
-        row_id = existing_id or uuid.uuid4()
         api_key_value = data.api_key.get_secret_value()
         secret_key_value = data.secret_key.get_secret_value()
+        if existing_id is not None:
+            api_envelope, secret_envelope = self._encrypt(
+                existing_id, api_key_value, secret_key_value
+            )
+            rows = await self._connection.fetch(
+                _REPLACE_CREDENTIAL,
+                existing_id,
+                self.user_id,
+                api_envelope,
+                secret_envelope,
+                data.expires_at,
+            )
+            if rows:
+                return self._model(rows[0], api_key_value, secret_key_value)
+            # delete_credential takes no account lock, so one may have removed
+            # the row since the lookup; the slot is free, and ours: insert.
+        row_id = uuid.uuid4()
         api_envelope, secret_envelope = self._encrypt(
             row_id, api_key_value, secret_key_value
         )
-        if existing_id is None:
-            rows = await self._connection.fetch(
-                _INSERT_CREDENTIAL,
-                row_id,
-                account_id,
-                self.user_id,
-                data.credential_type,
-                api_envelope,
-                secret_envelope,
-                data.expires_at,
-            )
-        else:
-            rows = await self._connection.fetch(
-                _REPLACE_CREDENTIAL,
-                row_id,
-                self.user_id,
-                api_envelope,
-                secret_envelope,
-                data.expires_at,
-            )
+        rows = await self._connection.fetch(
+            _INSERT_CREDENTIAL,
+            row_id,
+            account_id,
+            self.user_id,
+            data.credential_type,
+            api_envelope,
+            secret_envelope,
+            data.expires_at,
+        )
         return self._model(rows[0], api_key_value, secret_key_value)
 
     async def get_credential(self, credential_type: str) -> UserCredential:

@@ -61,19 +61,19 @@ def _sql_literal(text: str) -> str:
 class ScopeConnection:
     """A pooled connection whose transaction (and RLS setting) begins on first write."""
 
-    __slots__ = ("raw", "_begin_sql", "began", "_owner_task")
+    __slots__ = ("raw", "_begin_sql", "began", "owner_task")
 
     def __init__(self, raw: Any, user_id: str) -> None:
         self.raw = raw
         self.began = False
-        self._owner_task = asyncio.current_task()
+        self.owner_task = asyncio.current_task()
         self._begin_sql = (
             "BEGIN; SELECT pg_catalog.set_config("
             f"'{CURRENT_USER_SETTING}', {_sql_literal(user_id)}, true)"
         )
 
     def _check_task(self) -> None:
-        if asyncio.current_task() is not self._owner_task:
+        if asyncio.current_task() is not self.owner_task:
             raise ScopeError(
                 "a user_scope was used from another asyncio task; open one scope per task"
             )
@@ -169,7 +169,9 @@ async def user_scope(
     """
     validate_user_id(user_id)
     active = _active_scope.get()
-    if active is not None:
+    # A task started inside a scope inherits the context variable, but not
+    # the right to use that scope's connection: it opens its own.
+    if active is not None and active.owner_task is asyncio.current_task():
         if active.user_id != user_id:
             raise ScopeError(
                 "a user_scope for another user is already active in this task; "
@@ -194,8 +196,13 @@ async def user_scope(
                 await connection.finish(commit=False)
             except Exception:  # the connection may be gone; the server rolls back
                 logger.warning("rollback failed; the connection will be discarded")
+                raw.terminate()  # else the pool's reset retries it and masks the error
             raise
-        await connection.finish(commit=True)
+        try:
+            await connection.finish(commit=True)
+        except BaseException:
+            raw.terminate()  # a failed COMMIT leaves the connection in no known state
+            raise
     finally:
         engine.current_transaction.reset(piccolo_token)
         _active_scope.reset(scope_token)
