@@ -60,6 +60,17 @@ def get_engine() -> PostgresEngine:
     return _engine
 
 
+def forget_engine() -> None:
+    """Drop the engine and cached settings: the next use rebuilds from the environment.
+
+    For tests and tools that switch databases inside one process; close the
+    pool first.
+    """
+    global _engine
+    _engine = None
+    database_settings.cache_clear()
+
+
 async def open_pool() -> None:
     """Start the tables' connection pool; without one, every scope opens a new connection."""
     engine = get_engine()
