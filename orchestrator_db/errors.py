@@ -55,3 +55,7 @@ class PoolTimeout(OrchestratorDBError, TimeoutError):
 
 class UserNotFound(NotFound):
     """No Better Auth user with that id exists."""
+
+
+class ConnectionLost(OrchestratorDBError, ConnectionError):
+    """The database connection failed mid-scope; the scope can be retried."""

@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated
 
 from piccolo.utils.pydantic import create_pydantic_model
-from pydantic import AwareDatetime, ValidationError, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, ValidationError, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
 
 from orchestrator_db.tables import (
     ACCOUNT_NAME_MAX_LENGTH,
@@ -43,11 +43,26 @@ SECRET_MAX_LENGTH = 4096
 # newlines or escapes only cause grief in logs and admin pages.
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
+def _storable(value: str) -> str:
+    """PostgreSQL stores UTF-8: a lone surrogate cannot be stored or encrypted."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _storable_secret(value: SecretStr) -> SecretStr:
+    _storable(value.get_secret_value())
+    return value
+
+
 UserId = Annotated[
     str,
     StringConstraints(
         strict=True, min_length=1, max_length=USER_ID_MAX_LENGTH, pattern=_PRINTABLE
     ),
+    AfterValidator(_storable),
 ]
 AccountName = Annotated[
     str,
@@ -58,6 +73,7 @@ AccountName = Annotated[
         max_length=ACCOUNT_NAME_MAX_LENGTH,
         pattern=_PRINTABLE,
     ),
+    AfterValidator(_storable),
 ]
 CredentialType = Annotated[
     str,
@@ -69,7 +85,10 @@ CredentialType = Annotated[
     ),
 ]
 Secret = Annotated[
-    SecretStr, Strict(), StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH)
+    SecretStr,
+    Strict(),
+    StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH),
+    AfterValidator(_storable_secret),
 ]
 
 _READ_CONFIG = ConfigDict(from_attributes=True, hide_input_in_errors=True)

@@ -25,7 +25,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from orchestrator_db.checks import describe, inspect_deployment, rls_bypasses
 from orchestrator_db.engine import get_engine
-from orchestrator_db.errors import PoolTimeout, ScopeError
+from orchestrator_db.errors import ConnectionLost, PoolTimeout, ScopeError
 from orchestrator_db.models import USER_ID_MAX_LENGTH
 from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 from orchestrator_db.store import UserScope
@@ -50,12 +50,35 @@ def validate_user_id(user_id: object) -> str:
         raise ValueError(f"user_id must be at most {USER_ID_MAX_LENGTH} characters")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in user_id):
         raise ValueError("user_id must not contain control characters")
+    if not user_id.isascii():
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("user_id must be valid Unicode (no lone surrogates)") from None
     return user_id
 
 
 def _sql_literal(text: str) -> str:
     # An E'' literal means the same whatever standard_conforming_strings says.
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+# What a lost, refused or terminated connection surfaces as from asyncpg.
+_CONNECTION_FAILURES = (
+    asyncpg.PostgresConnectionError,  # connection does not exist, failure
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down
+    asyncpg.InterfaceError,  # connection is closed
+    asyncpg.InternalClientError,  # terminated while idle in the pool
+    OSError,  # refused, reset
+)
+
+
+def _connection_lost(error: BaseException) -> ConnectionLost:
+    return ConnectionLost(
+        f"lost the database connection ({type(error).__name__}); nothing of "
+        "this scope was committed unless the loss came during COMMIT. Retry "
+        "the scope; if it persists, check the server"
+    )
 
 
 class ScopeConnection:
@@ -78,10 +101,22 @@ class ScopeConnection:
                 "a user_scope was used from another asyncio task; open one scope per task"
             )
 
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await self.raw.fetch(sql, *args)
+        except _CONNECTION_FAILURES as error:
+            raise _connection_lost(error) from error
+
+    async def _execute(self, sql: str) -> None:
+        try:
+            await self.raw.execute(sql)
+        except _CONNECTION_FAILURES as error:
+            raise _connection_lost(error) from error
+
     async def begin(self) -> None:
         self._check_task()
         if not self.began:
-            await self.raw.execute(self._begin_sql)
+            await self._execute(self._begin_sql)
             self.began = True
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -90,20 +125,20 @@ class ScopeConnection:
             await self.begin()
         else:
             self._check_task()
-        return await self.raw.fetch(sql, *args)
+        return await self._fetch(sql, *args)
 
     async def read(self, one_shot_sql: str, in_transaction_sql: str, *args: Any) -> list:
         """A read costs one round trip whether or not the transaction has begun."""
         self._check_task()
         if self.began:
-            return await self.raw.fetch(in_transaction_sql, *args)
-        return await self.raw.fetch(one_shot_sql, *args)
+            return await self._fetch(in_transaction_sql, *args)
+        return await self._fetch(one_shot_sql, *args)
 
     async def finish(self, commit: bool) -> None:
         if not self.began:
             return
         self.began = False
-        await self.raw.execute("COMMIT" if commit else "ROLLBACK")
+        await self._execute("COMMIT" if commit else "ROLLBACK")
 
 
 class _PiccoloTransaction:
@@ -119,24 +154,43 @@ class _PiccoloTransaction:
 async def _acquire(engine: PostgresEngine) -> tuple[Any, bool]:
     """A connection from the pool (bounded wait), or a new one if no pool runs."""
     if engine.pool is None:
-        return await engine.get_new_connection(), False
+        try:
+            return await engine.get_new_connection(), False
+        except _CONNECTION_FAILURES as error:
+            raise _connection_lost(error) from error
     timeout = database_settings().pool_acquire_timeout
     try:
         return await engine.pool.acquire(timeout=timeout), True
-    except asyncio.TimeoutError:
+    except asyncio.TimeoutError:  # before OSError: TimeoutError is one
         raise PoolTimeout(
             f"no database connection became free within {timeout:g}s "
             f"(pool max_size {engine.pool.get_max_size()}); raise "
             "ORCHESTRATOR_DB_POOL_MAX_SIZE or ORCHESTRATOR_DB_POOL_TIMEOUT, "
             "or hold scopes for less time"
         ) from None
+    except _CONNECTION_FAILURES as error:
+        raise _connection_lost(error) from error
 
 
 async def _release(engine: PostgresEngine, raw: Any, pooled: bool) -> None:
-    if pooled:
-        await engine.pool.release(raw)
-    else:
-        await raw.close()
+    """Return the connection; a failure here must not mask the scope's own outcome."""
+    try:
+        if pooled:
+            await engine.pool.release(raw)  # asyncpg terminates one it cannot reset
+        else:
+            await raw.close()
+    except Exception:
+        logger.warning("a connection could not be reset or closed cleanly; it was discarded")
+        if not pooled:
+            _discard(raw)
+
+
+def _discard(raw: Any) -> None:
+    """Close a connection whose state is unknown, so it is never reused."""
+    try:
+        raw.terminate()
+    except asyncpg.InterfaceError:
+        pass  # already lost: asyncpg closed it and took it back
 
 
 def _server_connection(raw: Any) -> Any:
@@ -147,7 +201,11 @@ async def _refuse_rls_bypass(raw: Any) -> None:
     server_connection = _server_connection(raw)
     if server_connection in _verified_connections:
         return
-    bypasses = rls_bypasses(await inspect_deployment(raw))
+    try:
+        findings = await inspect_deployment(raw)
+    except _CONNECTION_FAILURES as error:
+        raise _connection_lost(error) from error
+    bypasses = rls_bypasses(findings)
     if bypasses:
         raise ScopeError(
             "refusing to run a user scope: row-level security would not "
@@ -194,14 +252,14 @@ async def user_scope(
         except BaseException:
             try:
                 await connection.finish(commit=False)
-            except Exception:  # the connection may be gone; the server rolls back
+            except Exception:  # the connection is gone; the server rolls back
                 logger.warning("rollback failed; the connection will be discarded")
-                raw.terminate()  # else the pool's reset retries it and masks the error
+                _discard(raw)
             raise
         try:
             await connection.finish(commit=True)
         except BaseException:
-            raw.terminate()  # a failed COMMIT leaves the connection in no known state
+            _discard(raw)  # after a failed COMMIT its state is unknown
             raise
     finally:
         engine.current_transaction.reset(piccolo_token)
