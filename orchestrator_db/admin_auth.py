@@ -1,0 +1,190 @@
+"""Who gets into the admin panel, and for how long.
+
+- :class:`Operator`: only active admins can log in at all, so an inactive or
+  non-admin user never gets a session row (piccolo_api's login creates one
+  for whoever the user table's ``login`` returns).
+- :class:`OperatorSession`: a sliding idle timeout on top of piccolo_api's
+  sessions, which only know "extend when close to expiry".
+- :class:`KeyRingMFAEncryption`: TOTP secrets encrypted with a subkey derived
+  from our key ring, tagged with the key id so a key rotation keeps them
+  readable.
+- :class:`MFARequired`: when MFA is mandatory, an operator who has not
+  enrolled can reach nothing but the MFA setup page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import os
+import secrets
+from typing import Optional, cast
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from piccolo.apps.user.tables import BaseUser
+from piccolo.table import Table
+from piccolo_api.encryption.providers import EncryptionProvider
+from piccolo_api.session_auth.tables import SessionsBase
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator_db.audit import route_path
+from orchestrator_db.crypto import KeyRing
+from orchestrator_db.errors import DecryptionError
+
+#: Sessions end after this long without a request ...
+SESSION_IDLE = datetime.timedelta(minutes=30)
+#: ... and this long after login, whatever happens.
+SESSION_MAX = datetime.timedelta(hours=8)
+#: The idle deadline is written back at most this often, not on every request.
+_SLIDE_GRANULARITY = datetime.timedelta(minutes=1)
+
+MFA_PURPOSE = "mfa"
+_NONCE_LEN = 12
+
+
+class Operator(BaseUser, tablename="piccolo_user"):
+    """An admin-panel operator: Piccolo's user table, with a stricter login."""
+
+    @classmethod
+    async def login(cls, username: str, password: str) -> Optional[int]:
+        """The user id only for an active admin with the right password."""
+        user_id = await super().login(username, password)
+        if user_id is None:
+            return None
+        allowed = await cls.exists().where(
+            (cls.id == user_id) & cls.active.eq(True) & cls.admin.eq(True)
+        )
+        return user_id if allowed else None
+
+
+class OperatorSession(SessionsBase, tablename="sessions"):
+    """Sessions that end after SESSION_IDLE without a request, SESSION_MAX at most."""
+
+    @classmethod
+    async def get_user_id(
+        cls, token: str, increase_expiry: Optional[datetime.timedelta] = None
+    ) -> Optional[int]:
+        """The session's user id while it is live; each use pushes the idle deadline.
+
+        ``increase_expiry`` is the idle window (piccolo_admin passes it);
+        the deadline becomes "now + window", never past the hard maximum.
+        """
+        session = await cls.objects().where(cls.token == token).first()
+        if session is None:
+            return None
+        now = datetime.datetime.now()  # naive local time, as SessionsBase stores it
+        expiry = cast(datetime.datetime, session.expiry_date)
+        max_expiry = cast(datetime.datetime, session.max_expiry_date)
+        if expiry <= now or max_expiry <= now:
+            return None
+        window = increase_expiry or SESSION_IDLE
+        slid = min(now + window, max_expiry)
+        if slid - expiry >= _SLIDE_GRANULARITY:
+            await cls.update({cls.expiry_date: slid}).where(cls.id == session.id)
+        return cast(int, session.user_id)
+
+
+class KeyRingMFAEncryption(EncryptionProvider):
+    """piccolo_api's EncryptionProvider, backed by a subkey of our key ring.
+
+    Values look like ``odbmfa-<key_id>.<base64url(nonce | ciphertext | tag)>``:
+    the key id picks the subkey on decryption, so TOTP secrets stay readable
+    after the ring rotates to a new active key.
+    """
+
+    def __init__(self, key_ring: KeyRing) -> None:
+        super().__init__(prefix="odbmfa")
+        self._ring = key_ring
+
+    def _aead(self, key_id: str) -> AESGCM:
+        return AESGCM(self._ring.derive_subkey(MFA_PURPOSE, key_id=key_id))
+
+    def encrypt(self, value: str, add_prefix: bool = True) -> str:
+        key_id = self._ring.active_key_id
+        nonce = os.urandom(_NONCE_LEN)
+        sealed = self._aead(key_id).encrypt(nonce, value.encode("utf-8"), key_id.encode())
+        body = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+        encrypted = f"{key_id}.{body}"
+        return self.add_prefix(encrypted) if add_prefix else encrypted
+
+    def decrypt(self, encrypted_value: str, has_prefix: bool = True) -> str:
+        if has_prefix:
+            encrypted_value = self.remove_prefix(encrypted_value)
+        key_id, _, body = encrypted_value.partition(".")
+        if key_id not in self._ring.key_ids:
+            raise DecryptionError("MFA secret: key id is not in the key ring")
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            data = self._aead(key_id).decrypt(raw[:_NONCE_LEN], raw[_NONCE_LEN:], key_id.encode())
+        except (InvalidTag, binascii.Error, ValueError):
+            data = None
+        if data is None:
+            raise DecryptionError("MFA secret: authentication failed (tampered or wrong key)")
+        return data.decode("utf-8")
+
+
+# Paths of the admin's private API an operator may use before enrolling.
+_ENROLLMENT_PATHS = ("/mfa-setup/", "/user/")
+
+
+class MFARequired:
+    """Refuses the admin's API to an operator without MFA, except MFA setup.
+
+    Mounted inside piccolo_admin's authentication. With MFA mandatory, a
+    password alone buys a session that can do exactly one thing: enroll.
+    """
+
+    def __init__(self, app: ASGIApp, secret_table: type[Table]) -> None:
+        self.app = app
+        self.secret_table = secret_table
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not route_path(scope).startswith(_ENROLLMENT_PATHS):
+            user = getattr(scope.get("user"), "user", None)
+            table = self.secret_table
+            enrolled = user is not None and await table.exists().where(
+                (table.user_id == user.id) & table.revoked_at.is_null()
+            )
+            if not enrolled:
+                await JSONResponse(
+                    {"detail": "MFA is required: set it up at /admin/api/mfa-setup/ first."},
+                    status_code=403,
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+
+#: The operator account `make run` creates on first run.
+FIRST_OPERATOR = "piccolo_user"
+
+
+async def ensure_operator_account(password: str | None) -> tuple[str, str | None]:
+    """Create FIRST_OPERATOR (active admin and superuser) if it does not exist.
+
+    Its password is ``password`` (ADMIN_PASSWORD) or, if that is unset, a
+    generated one, returned so the caller can show it once. An existing
+    account keeps its flags; a given ``password`` resets its password.
+    Returns (username, generated password or None).
+    """
+    from orchestrator_db.engine import get_engine
+
+    Operator._meta.db = get_engine()
+    exists = await Operator.exists().where(Operator.username == FIRST_OPERATOR)
+    if exists:
+        if password:
+            await Operator.update_password(FIRST_OPERATOR, password)
+        return FIRST_OPERATOR, None
+    generated = None if password else secrets.token_urlsafe(15)
+    await Operator.create_user(
+        username=FIRST_OPERATOR,
+        password=password or generated,
+        email=f"{FIRST_OPERATOR}@localhost",
+        active=True,
+        admin=True,
+        superuser=True,
+    )
+    return FIRST_OPERATOR, generated
