@@ -35,6 +35,8 @@ from orchestrator_db.local_postgres import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PICCOLO = str(Path(sys.executable).with_name("piccolo"))
+#: `make soak` sets this: the reliability and fuzz tests run this many times longer.
+SOAK_FACTOR = max(1, int(os.environ.get("ORCHESTRATOR_DB_SOAK_FACTOR", "1") or 1))
 
 
 @dataclass

@@ -25,9 +25,10 @@ from orchestrator_db import (
     user_scope,
 )
 from orchestrator_db.keys import get_key_ring
+from conftest import SOAK_FACTOR
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=150 * SOAK_FACTOR,
     deadline=None,
     # new_user and owner are factories/pools: sharing them between examples is intended.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

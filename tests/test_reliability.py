@@ -35,7 +35,7 @@ from reliability_worker import (
     write_once,
 )
 
-from conftest import run_piccolo
+from conftest import SOAK_FACTOR, run_piccolo
 from orchestrator_db import CredentialNotFound, user_scope
 from orchestrator_db.engine import get_engine
 from orchestrator_db.keys import get_key_ring
@@ -240,10 +240,10 @@ async def test_terminated_connections_lose_no_committed_write(test_db, owner, ne
             kills += sum(row[0] for row in killed)
 
     async def until_enough_faults() -> None:
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 8 * SOAK_FACTOR
         while time.monotonic() < deadline:
             failed = sum(w.outcome != COMMITTED for w in writes)
-            if failed >= 10 and len(writes) - failed >= 100:
+            if failed >= 10 * SOAK_FACTOR and len(writes) - failed >= 100 * SOAK_FACTOR:
                 break
             await asyncio.sleep(0.05)
         stop.set()
@@ -255,7 +255,7 @@ async def test_terminated_connections_lose_no_committed_write(test_db, owner, ne
             for task, user_id in enumerate(user_ids):
                 group.create_task(load(task, user_id))
 
-    await asyncio.wait_for(run_all(), timeout=60)
+    await asyncio.wait_for(run_all(), timeout=60 * SOAK_FACTOR)
 
     failures = [w for w in writes if w.outcome != COMMITTED]
     assert kills > 0 and len(failures) >= 10, (kills, len(failures))
