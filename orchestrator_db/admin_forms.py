@@ -23,7 +23,9 @@ from orchestrator_db.admin_tables import AccountRow, CredentialRow, UserRow
 from orchestrator_db.audit import SECRET_REPLACED, record
 from orchestrator_db.keys import get_key_ring
 from orchestrator_db.models import UserCredentialInput
-from orchestrator_db.store import CREDENTIALS, SECRET_COLUMNS
+from orchestrator_db import envelopes
+from orchestrator_db.envelopes import CREDENTIALS_TABLE as CREDENTIALS
+from orchestrator_db.envelopes import SECRET_COLUMNS
 
 
 class CredentialSecretForm(BaseModel):
@@ -66,9 +68,7 @@ def seal(row_id: uuid.UUID, user_id: str, secrets: dict[str, str]) -> dict[str, 
     """Encrypt each secret column for this row and user, as the API does."""
     ring = get_key_ring()
     return {
-        column: ring.encrypt(
-            secrets[column], table=CREDENTIALS, column=column, row_id=str(row_id), user_id=user_id
-        )
+        column: envelopes.seal(ring, secrets[column], column=column, row_id=row_id, user_id=user_id)
         for column in SECRET_COLUMNS
     }
 

@@ -25,7 +25,8 @@ import asyncpg
 from orchestrator_db.crypto import KeyRing, is_envelope
 from orchestrator_db.errors import ConfigurationError, DecryptionError
 from orchestrator_db.keys import get_key_ring
-from orchestrator_db.store import CREDENTIALS, SECRET_COLUMNS
+from orchestrator_db.envelopes import CREDENTIALS_TABLE as CREDENTIALS
+from orchestrator_db.envelopes import SECRET_COLUMNS, seal, unseal
 
 __all__ = [
     "PLAINTEXT",
@@ -172,8 +173,8 @@ async def rotate_keys(
                     "it is not encrypted; run `piccolo orchestrator_db encrypt_plaintext` first"
                 )
             if ring.key_id_of(value) != active:
-                plaintext = ring.decrypt(value, column=column, **context)
-                value = ring.encrypt(plaintext, column=column, **context)
+                plaintext = unseal(ring, value, column=column, **context)
+                value = seal(ring, plaintext, column=column, **context)
                 changed += 1
             values.append(value)
         return values[0], values[1], changed
@@ -203,7 +204,7 @@ async def encrypt_plaintext(
         for column in SECRET_COLUMNS:
             value = row[column]
             if not is_envelope(value):
-                value = ring.encrypt(value, column=column, **context)
+                value = seal(ring, value, column=column, **context)
                 changed += 1
             values.append(value)
         return values[0], values[1], changed
@@ -215,8 +216,8 @@ async def encrypt_plaintext(
 
 
 def _context(row: asyncpg.Record) -> dict[str, str]:
-    """The AAD context store.py seals each value with."""
-    return {"table": CREDENTIALS, "row_id": str(row["id"]), "user_id": row["user_id"]}
+    """The row half of the cell each value is sealed for (see envelopes.py)."""
+    return {"row_id": str(row["id"]), "user_id": row["user_id"]}
 
 
 async def _require_all_rows_visible(connection: asyncpg.Connection) -> None:

@@ -21,6 +21,7 @@ from orchestrator_db.errors import (
     ScopeError,
     UserNotFound,
 )
+from orchestrator_db.envelopes import CREDENTIALS_TABLE, seal, unseal
 from orchestrator_db.keys import get_key_ring
 from orchestrator_db.models import (
     UserAccount,
@@ -29,15 +30,14 @@ from orchestrator_db.models import (
     validate_credential_input,
 )
 from orchestrator_db.models import CredentialType as _CredentialType  # noqa: F401
-from orchestrator_db.tables import UserAccounts, UserCredentials
+from orchestrator_db.tables import UserAccounts
 from pydantic import TypeAdapter
 
 if TYPE_CHECKING:
     from orchestrator_db.tenancy import ScopeConnection
 
 ACCOUNTS = UserAccounts._meta.tablename
-CREDENTIALS = UserCredentials._meta.tablename
-SECRET_COLUMNS = ("api_key", "secret_key")
+CREDENTIALS = CREDENTIALS_TABLE
 
 _credential_type = TypeAdapter(_CredentialType)
 
@@ -238,19 +238,18 @@ class UserScope:
 
     def _encrypt(self, row_id: uuid.UUID, api_key: str, secret_key: str) -> tuple[str, str]:
         ring = get_key_ring()
-        context = {"table": CREDENTIALS, "row_id": str(row_id), "user_id": self.user_id}
         return (
-            ring.encrypt(api_key, column="api_key", **context),
-            ring.encrypt(secret_key, column="secret_key", **context),
+            seal(ring, api_key, column="api_key", row_id=row_id, user_id=self.user_id),
+            seal(ring, secret_key, column="secret_key", row_id=row_id, user_id=self.user_id),
         )
 
     def _decrypted(self, row: asyncpg.Record) -> UserCredential:
         if row["user_id"] != self.user_id:  # RLS makes this impossible; be sure.
             raise ScopeError("the database returned another user's row")
         ring = get_key_ring()
-        context = {"table": CREDENTIALS, "row_id": str(row["id"]), "user_id": self.user_id}
-        api_key = ring.decrypt(row["api_key"], column="api_key", **context)
-        secret_key = ring.decrypt(row["secret_key"], column="secret_key", **context)
+        cell = {"row_id": row["id"], "user_id": self.user_id}
+        api_key = unseal(ring, row["api_key"], column="api_key", **cell)
+        secret_key = unseal(ring, row["secret_key"], column="secret_key", **cell)
         return self._model(row, api_key, secret_key)
 
     @staticmethod
