@@ -685,7 +685,11 @@ async def _function_inner_query(conn: asyncpg.Connection, function: str) -> tupl
         "SELECT prosrc, proargnames FROM pg_proc WHERE proname = $1", function
     )
     statements = [part.strip() for part in row["prosrc"].split(";") if part.strip()]
-    (query,) = [part for part in statements if "set_config" not in part]
+    (query,) = [
+        part.removeprefix("RETURN QUERY").strip()
+        for part in statements
+        if part.startswith("RETURN QUERY")
+    ]
     for index, name in enumerate(row["proargnames"], start=1):
         query = re.sub(rf"\b{name}\b", f"${index}", query)
     return query, list(row["proargnames"])

@@ -7,6 +7,8 @@ makes the table owner obey the policy too. The scoped read functions let a
 scope set the user and read in one round trip; they are SECURITY INVOKER,
 so the caller's RLS applies, and VOLATILE, so the setting is made before the
 query runs. They carry no SET clause, which would undo the setting on exit.
+They are PL/pgSQL, not SQL: PostgreSQL 15 plans a SQL function's body on
+every call, while PL/pgSQL keeps its plans for the session.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -53,9 +55,9 @@ SCOPED_READS = {
 for signature, (returns, query) in SCOPED_READS.items():
     FORWARDS.append(
         f"CREATE FUNCTION public.{signature} RETURNS SETOF {returns} "
-        "LANGUAGE sql VOLATILE SECURITY INVOKER AS $$ "
-        f"SELECT pg_catalog.set_config('{SETTING}', p_user_id, true); "
-        f"{query}; $$"
+        "LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$ BEGIN "
+        f"PERFORM pg_catalog.set_config('{SETTING}', p_user_id, true); "
+        f"RETURN QUERY {query}; END $$"
     )
     BACKWARDS.insert(0, f"DROP FUNCTION IF EXISTS public.{signature}")
 

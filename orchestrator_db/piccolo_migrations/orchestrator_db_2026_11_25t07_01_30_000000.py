@@ -5,8 +5,10 @@ envelopes are bound to it). Locking the account row serializes one user's
 writers. The lookup is a second statement so that, in READ COMMITTED, it
 takes a fresh snapshot after the lock wait and sees a credential a
 concurrent writer just committed; one statement with FOR UPDATE would
-re-check only the locked account row. As a VOLATILE SQL function it costs
-one round trip. SECURITY INVOKER: the caller's row-level security applies.
+re-check only the locked account row. As a VOLATILE function it costs one
+round trip; PL/pgSQL keeps its plans for the session (PostgreSQL 15 plans a
+SQL function's body on every call). SECURITY INVOKER: the caller's
+row-level security applies.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -21,15 +23,18 @@ SIGNATURE = "public.orchestrator_db_credential_slot(p_user_id text, p_credential
 FORWARDS = f"""
 CREATE FUNCTION {SIGNATURE}
 RETURNS TABLE (account_id uuid, credential_id uuid)
-LANGUAGE sql VOLATILE SECURITY INVOKER AS $$
-    SELECT a.id FROM public.user_accounts a
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
+BEGIN
+    PERFORM 1 FROM public.user_accounts a
     WHERE a.user_id = p_user_id
     FOR NO KEY UPDATE;
+    RETURN QUERY
     SELECT a.id, c.id
     FROM public.user_accounts a
     LEFT JOIN public.user_credentials c
         ON c.user_account_id = a.id AND c.credential_type = p_credential_type
     WHERE a.user_id = p_user_id;
+END
 $$
 """
 
