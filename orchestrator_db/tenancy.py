@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,9 @@ _active_scope: contextvars.ContextVar[UserScope | None] = contextvars.ContextVar
 _verified_connections: weakref.WeakSet = weakref.WeakSet()
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_user_id(user_id: object) -> str:
     """Refuse a bad id before the database is touched."""
     if not isinstance(user_id, str):
@@ -48,7 +52,7 @@ def validate_user_id(user_id: object) -> str:
         raise ValueError("user_id must not be empty")
     if len(user_id) > USER_ID_MAX_LENGTH:
         raise ValueError(f"user_id must be at most {USER_ID_MAX_LENGTH} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in user_id):
+    if _CONTROL_CHARACTER.search(user_id):
         raise ValueError("user_id must not contain control characters")
     if not user_id.isascii():
         try:
