@@ -57,9 +57,9 @@ _CREDENTIALS_IN_TX = (
 _INSERT_ACCOUNT = (
     f"INSERT INTO {ACCOUNTS} (user_id, account_name) VALUES ($1, $2) RETURNING *"
 )
-# Locks the account row (one user's writers queue up instead of racing) and
-# returns the existing credential's id, if any; see its migration for why it
-# is a two-statement function.
+# The account id and the existing credential's id, if any, that row locked
+# until commit; first writers of a type queue on the account row instead.
+# See its migration.
 _LOCK_SLOT = "SELECT account_id, credential_id FROM orchestrator_db_credential_slot($1, $2)"
 _INSERT_CREDENTIAL = f"""
 INSERT INTO {CREDENTIALS}
@@ -171,8 +171,8 @@ class UserScope:
             )
             if rows:
                 return self._model(rows[0], api_key_value, secret_key_value)
-            # delete_credential takes no account lock, so one may have removed
-            # the row since the lookup; the slot is free, and ours: insert.
+            # The lookup locked the row, so it cannot have gone; should a
+            # future change break that, the slot is free and ours: insert.
         row_id = uuid.uuid4()
         api_envelope, secret_envelope = self._encrypt(
             row_id, api_key_value, secret_key_value

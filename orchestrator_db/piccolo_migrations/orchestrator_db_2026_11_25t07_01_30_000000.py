@@ -1,14 +1,16 @@
-"""The write path's lookup: lock the account, then find the credential.
+"""The write path's lookup: the credential's row id, locked until commit.
 
 put_credential must know a credential's row id before it encrypts (the
-envelopes are bound to it). Locking the account row serializes one user's
-writers. The lookup is a second statement so that, in READ COMMITTED, it
-takes a fresh snapshot after the lock wait and sees a credential a
-concurrent writer just committed; one statement with FOR UPDATE would
-re-check only the locked account row. As a VOLATILE function it costs one
-round trip; PL/pgSQL keeps its plans for the session (PostgreSQL 15 plans a
-SQL function's body on every call). SECURITY INVOKER: the caller's
-row-level security applies.
+envelopes are bound to it), and the row must not change or vanish before
+the write. An existing credential is locked by itself: replacing one costs
+no other lock. Only a first write locks the account row, which queues the
+user's first writers of that type one behind the other; each then looks
+again, and a statement that starts after the lock wait takes a fresh
+snapshot (READ COMMITTED), so it sees and locks a row another writer just
+committed instead of inserting a duplicate. As a VOLATILE function this
+costs one round trip; PL/pgSQL keeps its plans for the session (PostgreSQL
+15 plans a SQL function's body on every call). SECURITY INVOKER: the
+caller's row-level security applies.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -20,20 +22,28 @@ DESCRIPTION = "credential slot lookup for the write path"
 
 SIGNATURE = "public.orchestrator_db_credential_slot(p_user_id text, p_credential_type text)"
 
+_LOCK_CREDENTIAL = """
+    SELECT c.user_account_id, c.id
+    FROM public.user_credentials c
+    WHERE c.user_id = p_user_id AND c.credential_type = p_credential_type
+    FOR NO KEY UPDATE"""
+
 FORWARDS = f"""
 CREATE FUNCTION {SIGNATURE}
 RETURNS TABLE (account_id uuid, credential_id uuid)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER AS $$
 BEGIN
-    PERFORM 1 FROM public.user_accounts a
-    WHERE a.user_id = p_user_id
-    FOR NO KEY UPDATE;
+    RETURN QUERY {_LOCK_CREDENTIAL};
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM public.user_accounts a WHERE a.user_id = p_user_id FOR NO KEY UPDATE;
+    RETURN QUERY {_LOCK_CREDENTIAL};
+    IF FOUND THEN
+        RETURN;
+    END IF;
     RETURN QUERY
-    SELECT a.id, c.id
-    FROM public.user_accounts a
-    LEFT JOIN public.user_credentials c
-        ON c.user_account_id = a.id AND c.credential_type = p_credential_type
-    WHERE a.user_id = p_user_id;
+    SELECT a.id, NULL::uuid FROM public.user_accounts a WHERE a.user_id = p_user_id;
 END
 $$
 """
