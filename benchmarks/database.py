@@ -14,11 +14,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from orchestrator_db.local_postgres import create_database, drop_database
+from orchestrator_db.local_postgres import create_database, drop_database, with_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 PICCOLO = str(Path(sys.executable).with_name("piccolo"))
@@ -33,13 +32,6 @@ class BenchDatabase:
     app_url: str  # NOSUPERUSER NOBYPASSRLS, not the owner: RLS applies
     operator_role: str
     operator_url: str  # BYPASSRLS: bulk loads, rotation
-
-
-def _with_credentials(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user)}:{quote(password)}@{host}:{parts.port or 5432}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run_piccolo(database_url: str, *args: str) -> None:
@@ -66,9 +58,9 @@ async def create_bench_database(server_url: str) -> BenchDatabase:
         name=name,
         owner_url=owner_url,
         app_role=app_role,
-        app_url=_with_credentials(owner_url, app_role, app_password),
+        app_url=with_credentials(owner_url, app_role, app_password),
         operator_role=operator_role,
-        operator_url=_with_credentials(owner_url, operator_role, operator_password),
+        operator_url=with_credentials(owner_url, operator_role, operator_password),
     )
     try:
         run_piccolo(owner_url, "migrations", "forwards", "all")

@@ -33,7 +33,6 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -43,6 +42,7 @@ from orchestrator_db.local_postgres import (
     DatabaseUnavailable,
     mask_password,
     resolve_server_url,
+    with_credentials,
     with_database,
 )
 from orchestrator_db.settings import (
@@ -126,16 +126,6 @@ def role_passwords(embedded: bool) -> dict[str, str]:
         if "=" in line and not line.startswith("#")
     )
     return {name: from_env[name] or stored[name] for name in PASSWORD_VARIABLES}
-
-
-def with_role(url: str, role: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def ensure_dev_keys() -> None:
@@ -228,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             **passwords,
         )
         ensure_dev_keys()
-        app_url = with_role(owner_url, APP_ROLE, passwords["ORCHESTRATOR_DB_APP_PASSWORD"])
-        operator_url = with_role(
+        app_url = with_credentials(owner_url, APP_ROLE, passwords["ORCHESTRATOR_DB_APP_PASSWORD"])
+        operator_url = with_credentials(
             owner_url, OPERATOR_ROLE, passwords["ORCHESTRATOR_DB_OPERATOR_PASSWORD"]
         )
         first_run = embedded and not is_production() and asyncio.run(_user_count(owner_url)) == 0

@@ -48,6 +48,7 @@ __all__ = [
     "drop_database",
     "mask_password",
     "resolve_server_url",
+    "with_credentials",
     "with_database",
 ]
 
@@ -113,6 +114,17 @@ def with_database(url: str, dbname: str) -> str:
     """Return ``url`` pointing at database ``dbname`` (same server, credentials, options)."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(dbname, safe=""), parts.query, parts.fragment))
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """Return ``url`` logging in as ``user`` (same server, database and options)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _database_of(url: str) -> str:

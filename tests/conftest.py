@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -30,7 +29,7 @@ from orchestrator_db.local_postgres import (
     create_database,
     drop_database,
     resolve_server_url,
-    with_database,
+    with_credentials,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +51,6 @@ class TestDatabase:
 
 
 DB: TestDatabase | None = None
-
-
-def _with_credentials(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"{quote(user)}:{quote(password)}@{host}:{parts.port or 5432}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run_piccolo(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -91,9 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
         name=name,
         owner_url=owner_url,
         app_role=app_role,
-        app_url=_with_credentials(owner_url, app_role, app_password),
+        app_url=with_credentials(owner_url, app_role, app_password),
         operator_role=operator_role,
-        operator_url=_with_credentials(owner_url, operator_role, operator_password),
+        operator_url=with_credentials(owner_url, operator_role, operator_password),
         keys=f"{generate_key_entry('test2')},{generate_key_entry('test1')}",
     )
     run_piccolo(owner_url, "migrations", "forwards", "all")

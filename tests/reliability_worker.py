@@ -21,7 +21,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-import asyncpg
 
 from orchestrator_db import ConnectionLost, CredentialNotFound, PoolTimeout, connected, user_scope
 

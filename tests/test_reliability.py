@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -39,7 +38,12 @@ from conftest import SOAK_FACTOR, run_piccolo
 from orchestrator_db import CredentialNotFound, user_scope
 from orchestrator_db.engine import get_engine
 from orchestrator_db.keys import get_key_ring
-from orchestrator_db.local_postgres import EmbeddedPostgres, create_database
+from orchestrator_db.local_postgres import (
+    EmbeddedPostgres,
+    create_database,
+    with_credentials,
+    with_database,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -289,9 +293,7 @@ async def test_terminated_connections_lose_no_committed_write(test_db, owner, ne
 
 
 def _app_url(server_url: str, database: str, role: str, password: str) -> str:
-    parts = urlsplit(server_url)
-    netloc = f"{quote(role)}:{quote(password)}@{parts.hostname}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}"))
+    return with_credentials(with_database(server_url, database), role, password)
 
 
 class _Lines:

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -30,7 +29,7 @@ from orchestrator_db import DecryptionError, close_pool, open_pool, user_scope
 from orchestrator_db.crypto import KeyRing, generate_key_entry, is_envelope
 from orchestrator_db.errors import ConfigurationError
 from orchestrator_db.keys import use_key_ring
-from orchestrator_db.local_postgres import create_database, drop_database
+from orchestrator_db.local_postgres import create_database, drop_database, with_credentials
 from orchestrator_db.rotation import (
     PLAINTEXT,
     BatchProgress,
@@ -58,12 +57,6 @@ def cli(url: str, key_ring_text: str, *args: str) -> subprocess.CompletedProcess
 
 def piccolo(url: str, key_ring_text: str, *args: str) -> subprocess.CompletedProcess:
     return cli(url, key_ring_text, "orchestrator_db", *args)
-
-
-def _as_role(url: str, role: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(role)}:{quote(password)}@{parts.hostname}:{parts.port or 5432}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass
@@ -107,13 +100,13 @@ async def db(test_db) -> AsyncIterator[RotationDatabase]:
         ):
             done = await asyncio.to_thread(cli, owner_url, test_db.keys, *args)
             assert done.returncode == 0, done.stdout + done.stderr
-        app_url = _as_role(owner_url, app_role, app_password)
+        app_url = with_credentials(owner_url, app_role, app_password)
         owner = await asyncpg.create_pool(owner_url, min_size=1, max_size=4)
         session_url = os.environ["DATABASE_URL"]
         await _point_package_at(app_url)
         try:
             yield RotationDatabase(
-                owner_url, app_url, _as_role(owner_url, operator_role, operator_password), owner
+                owner_url, app_url, with_credentials(owner_url, operator_role, operator_password), owner
             )
         finally:
             await _point_package_at(session_url)
