@@ -44,8 +44,10 @@ class TestDatabase:
     name: str
     owner_url: str  # migrations run as this role, which owns the tables
     app_role: str
+    app_password: str
     app_url: str  # NOSUPERUSER NOBYPASSRLS, not owner: RLS applies
     operator_role: str
+    operator_password: str
     operator_url: str  # BYPASSRLS
     keys: str  # the ORCHESTRATOR_DB_KEYS the run uses
 
@@ -67,6 +69,19 @@ def run_piccolo(database_url: str, *args: str, check: bool = True) -> subprocess
     return result
 
 
+def grant_roles(db: TestDatabase, owner_url: str) -> None:
+    """Provision the suite's two roles in a database, with the real `create_roles`."""
+    run_piccolo(
+        owner_url,
+        "orchestrator_db",
+        "create_roles",
+        f"--app_role={db.app_role}",
+        f"--operator_role={db.operator_role}",
+        f"--app_password={db.app_password}",
+        f"--operator_password={db.operator_password}",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global DB
     try:
@@ -83,21 +98,15 @@ def pytest_configure(config: pytest.Config) -> None:
         name=name,
         owner_url=owner_url,
         app_role=app_role,
+        app_password=app_password,
         app_url=with_credentials(owner_url, app_role, app_password),
         operator_role=operator_role,
+        operator_password=operator_password,
         operator_url=with_credentials(owner_url, operator_role, operator_password),
         keys=f"{generate_key_entry('test2')},{generate_key_entry('test1')}",
     )
     run_piccolo(owner_url, "migrations", "forwards", "all")
-    run_piccolo(
-        owner_url,
-        "orchestrator_db",
-        "create_roles",
-        f"--app_role={app_role}",
-        f"--operator_role={operator_role}",
-        f"--app_password={app_password}",
-        f"--operator_password={operator_password}",
-    )
+    grant_roles(DB, owner_url)
     os.environ["DATABASE_URL"] = DB.app_url
     os.environ["ORCHESTRATOR_DB_KEYS"] = DB.keys
     os.environ.pop("ORCHESTRATOR_DB_KEYS_FILE", None)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
-from conftest import run_piccolo
+from conftest import grant_roles, run_piccolo
 from orchestrator_db.checks import Finding, failures, inspect_deployment, rls_bypasses
 from orchestrator_db.commands.check import check_deployment
 from orchestrator_db.local_postgres import create_database, drop_database, with_database
@@ -23,10 +22,6 @@ def _check(database_url: str):
     return run_piccolo(database_url, "orchestrator_db", "check", check=False)
 
 
-def _password(url: str) -> str:
-    return unquote(urlsplit(url).password or "")
-
-
 @pytest_asyncio.fixture(scope="module")
 async def granted_template(test_db) -> AsyncIterator[str]:
     """A migrated database with the suite's roles granted, to clone per test
@@ -35,16 +30,7 @@ async def granted_template(test_db) -> AsyncIterator[str]:
     owner_url = await create_database(test_db.server_url, name)
     try:
         await asyncio.to_thread(run_piccolo, owner_url, "migrations", "forwards", "all")
-        await asyncio.to_thread(
-            run_piccolo,
-            owner_url,
-            "orchestrator_db",
-            "create_roles",
-            f"--app_role={test_db.app_role}",
-            f"--operator_role={test_db.operator_role}",
-            f"--app_password={_password(test_db.app_url)}",
-            f"--operator_password={_password(test_db.operator_url)}",
-        )
+        await asyncio.to_thread(grant_roles, test_db, owner_url)
         yield name
     finally:
         await drop_database(test_db.server_url, name)

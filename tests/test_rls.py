@@ -17,14 +17,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
 import orchestrator_db
-from conftest import run_piccolo
+from conftest import grant_roles, run_piccolo
 from orchestrator_db import user_scope
 from orchestrator_db.engine import get_engine, pool_options
 from orchestrator_db.local_postgres import with_database
@@ -118,23 +118,10 @@ async def _snapshot(owner: asyncpg.Pool, table: str, row_id: uuid.UUID) -> dict 
     return dict(row) if row is not None else None
 
 
-def _password(url: str) -> str:
-    return unquote(urlsplit(url).password or "")
-
-
 async def _granted_scratch(test_db: TestDatabase, migrated_database) -> tuple[str, str]:
     """A fresh migrated database with the suite's roles granted there: (owner URL, app URL)."""
     owner_url = await migrated_database()
-    await asyncio.to_thread(
-        run_piccolo,
-        owner_url,
-        "orchestrator_db",
-        "create_roles",
-        f"--app_role={test_db.app_role}",
-        f"--operator_role={test_db.operator_role}",
-        f"--app_password={_password(test_db.app_url)}",
-        f"--operator_password={_password(test_db.operator_url)}",
-    )
+    await asyncio.to_thread(grant_roles, test_db, owner_url)
     name = urlsplit(owner_url).path.lstrip("/")
     return owner_url, with_database(test_db.app_url, name)
 
