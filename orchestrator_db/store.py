@@ -13,6 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from pydantic import TypeAdapter
 
 from orchestrator_db.errors import (
     AccountExists,
@@ -24,14 +25,13 @@ from orchestrator_db.errors import (
 from orchestrator_db.envelopes import CREDENTIALS_TABLE, seal, unseal
 from orchestrator_db.keys import get_key_ring
 from orchestrator_db.models import (
+    CredentialType,
     UserAccount,
     UserAccountCreate,
     UserCredential,
     validate_credential_input,
 )
-from orchestrator_db.models import CredentialType as _CredentialType  # noqa: F401
 from orchestrator_db.tables import UserAccounts
-from pydantic import TypeAdapter
 
 if TYPE_CHECKING:
     from orchestrator_db.tenancy import ScopeConnection
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 ACCOUNTS = UserAccounts._meta.tablename
 CREDENTIALS = CREDENTIALS_TABLE
 
-_credential_type = TypeAdapter(_CredentialType)
+_credential_type = TypeAdapter(CredentialType)
 
 # Reads: a one-statement form for a scope that has not begun (the scoped
 # function sets the user itself) and a plain form for inside the transaction.
