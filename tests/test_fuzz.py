@@ -105,7 +105,22 @@ def stored_account_name(value: str) -> str | None:
 
 
 def _leaks(error: BaseException, *secrets: str) -> bool:
-    """Whether the error's text shows a secret (long enough not to match by chance)."""
+    """Whether the error shows a secret.
+
+    A ValidationError's text is fixed wording plus field names (inputs are
+    hidden), so a secret that happens to spell part of that wording, such as
+    'UserCred', is no leak; what must never appear is an input: its str has
+    no input_value and its errors() carry secret inputs only redacted.
+    """
+    if isinstance(error, ValidationError):
+        shown_inputs = [
+            item["input"]
+            for item in error.errors()
+            if item["loc"] and item["loc"][0] in {"api_key", "secret_key"}
+        ]
+        return "input_value" in str(error) or any(
+            item != "**********" for item in shown_inputs
+        )
     shown = f"{error}{error!r}"
     return any(len(secret) >= 8 and secret in shown for secret in secrets)
 
