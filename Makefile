@@ -30,6 +30,6 @@ test: install system-packages
 bench: install
 	$(PY) -m benchmarks.run $(ARGS)
 
-## The reliability and fuzz tests, run 20 times longer (about 5 minutes).
+## The reliability and fuzz tests with 20x the fuzz examples and fault-injection load.
 soak: install system-packages
 	ORCHESTRATOR_DB_SOAK_FACTOR=20 $(PY) -m pytest tests/test_reliability.py tests/test_fuzz.py
