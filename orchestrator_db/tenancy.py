@@ -1,7 +1,7 @@
 """The per-user scope: one connection, one transaction, one RLS setting.
 
 The transaction starts lazily. A scope whose first operation is a read runs
-it through a scoped SQL function (set the user, then query) as one
+it through a scoped database function (set the user, then query) as one
 statement: one round trip, no BEGIN or COMMIT. The first write begins the
 transaction with the setting in the same round trip, and everything after
 it shares that transaction, which commits on exit and rolls back on error.
