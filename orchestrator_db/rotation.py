@@ -292,6 +292,12 @@ async def _batch(
     return batch
 
 
+def check_batch_size(batch_size: object) -> None:
+    """Refuse a bad batch size before any database work."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 async def _reencrypt(
     connection: asyncpg.Connection,
     ring: KeyRing,
@@ -301,8 +307,7 @@ async def _reencrypt(
     batch_size: int,
     progress: Progress | None,
 ) -> ReencryptResult:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     await _require_all_rows_visible(connection)
     run = _Run(where, args, progress)
     idle = remaining = 0

@@ -130,14 +130,22 @@ async def credential(user_with_account: str, capture: Capture) -> dict:
     }
 
 
-async def log_in(context: BrowserContext, server: AdminServer, account: OperatorAccount) -> Page:
+async def submit_login(
+    context: BrowserContext, server: AdminServer, account: OperatorAccount
+) -> tuple[Page, int]:
+    """Fill in and send the login form; the page and the login answer's status."""
     page = await context.new_page()
     await page.goto(f"{server.admin_url}/")
     await page.fill("input[name=username]", account.username)
     await page.fill("input[name=password]", account.password)
     async with page.expect_response(lambda r: r.url.endswith("/public/login/")) as answer:
         await page.click("button:has-text('Login')")
-    assert (await answer.value).status == 200
+    return page, (await answer.value).status
+
+
+async def log_in(context: BrowserContext, server: AdminServer, account: OperatorAccount) -> Page:
+    page, status = await submit_login(context, server, account)
+    assert status == 200
     await page.wait_for_selector("text=User Credentials Admin")
     return page
 
@@ -244,15 +252,9 @@ async def test_unauthenticated_visit_is_refused(context, server, credential) -> 
 async def test_non_admin_and_inactive_users_are_refused(context, server, owner, flags) -> None:
     """Make sure a non-admin or inactive user with the right password is shown a login error and gets no session."""
     account = await create_operator(owner, **flags)
-    page = await context.new_page()
-    await page.goto(f"{server.admin_url}/")
-    await page.fill("input[name=username]", account.username)
-    await page.fill("input[name=password]", account.password)
+    page, status = await submit_login(context, server, account)
 
-    async with page.expect_response(lambda r: r.url.endswith("/public/login/")) as answer:
-        await page.click("button:has-text('Login')")
-
-    assert (await answer.value).status == 401
+    assert status == 401
     await page.wait_for_selector("text=Problem logging in")
     assert "id" not in {cookie["name"] for cookie in await context.cookies()}
     assert await owner.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", account.id) == 0

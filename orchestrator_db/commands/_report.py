@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 from orchestrator_db.crypto import KeyRing
-from orchestrator_db.errors import ConfigurationError
-from orchestrator_db.rotation import PLAINTEXT, BatchProgress
-
-
-def check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigurationError(f"--batch_size must be a positive integer, got {batch_size!r}")
+from orchestrator_db.rotation import PLAINTEXT, BatchProgress, ReencryptResult
 
 
 def _note(key_id: str, count: int, key_ring: KeyRing) -> str:
@@ -44,3 +38,13 @@ def print_progress(progress: BatchProgress) -> None:
         f"{progress.total_rows} rows ({progress.total_values} values) so far",
         flush=True,
     )
+
+
+def exit_if_unfinished(result: ReencryptResult, command: str) -> None:
+    """Rows writers held for the whole run are left: say so, and exit non-zero."""
+    if result.remaining:
+        print(
+            f"{result.remaining} rows were held by writers throughout and are not "
+            f"done yet: run {command} again"
+        )
+        raise SystemExit(1)

@@ -1,11 +1,11 @@
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
-from orchestrator_db.commands._report import check_batch_size, print_key_counts, print_progress
+from orchestrator_db.commands._report import exit_if_unfinished, print_key_counts, print_progress
 from orchestrator_db.keys import get_key_ring
 
 
 async def _encrypt(batch_size: int) -> rotation.ReencryptResult:
-    check_batch_size(batch_size)
+    rotation.check_batch_size(batch_size)
     key_ring = get_key_ring()
     connection = await connect()
     try:
@@ -37,9 +37,4 @@ def encrypt_plaintext(batch_size: int = rotation.DEFAULT_BATCH_SIZE) -> None:
         f"{result.values} plaintext values in {result.rows} rows encrypted under "
         f"key {result.key_id} in {result.batches} batches"
     )
-    if result.remaining:
-        print(
-            f"{result.remaining} rows were held by writers throughout and are not "
-            "done yet: run encrypt_plaintext again"
-        )
-        raise SystemExit(1)
+    exit_if_unfinished(result, "encrypt_plaintext")

@@ -1,12 +1,12 @@
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
-from orchestrator_db.commands._report import check_batch_size, print_key_counts, print_progress
+from orchestrator_db.commands._report import exit_if_unfinished, print_key_counts, print_progress
 from orchestrator_db.errors import ConfigurationError, KeyConfigError
 from orchestrator_db.keys import get_key_ring
 
 
 async def _rotate(batch_size: int) -> rotation.ReencryptResult:
-    check_batch_size(batch_size)
+    rotation.check_batch_size(batch_size)
     key_ring = get_key_ring()
     connection = await connect()
     try:
@@ -56,9 +56,4 @@ def rotate_keys(batch_size: int = rotation.DEFAULT_BATCH_SIZE) -> None:
         f"{result.rows} rows ({result.values} values) re-encrypted under key "
         f"{result.key_id} in {result.batches} batches"
     )
-    if result.remaining:
-        print(
-            f"{result.remaining} rows were held by writers throughout and are not "
-            "done yet: run rotate_keys again"
-        )
-        raise SystemExit(1)
+    exit_if_unfinished(result, "rotate_keys")
