@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench soak install system-packages
+.PHONY: run test lint bench soak install system-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: install
 ## The whole test suite against a real PostgreSQL, in a throwaway database.
 test: install system-packages
 	$(PY) -m pytest
+
+## ruff (lint, import order) and mypy on the package; CI runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## Benchmarks against raw asyncpg and SQLAlchemy; prints ratios.
 bench: install

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.crypto.keyring import KeyRing
 
 CREDENTIAL_TYPES = ("alpaca", "polygon")
 CREDENTIALS_TABLE = "user_credentials"

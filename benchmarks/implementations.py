@@ -18,11 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator_db import close_pool, open_pool, user_scope
-from orchestrator_db.crypto import KeyRing
-from orchestrator_db.settings import CURRENT_USER_SETTING
-
 from benchmarks.dataset import CREDENTIALS_TABLE, seal_credential
+from orchestrator_db import close_pool, open_pool, user_scope
+from orchestrator_db.crypto.keyring import KeyRing
+from orchestrator_db.settings import CURRENT_USER_SETTING
 
 W1_TYPE = "alpaca"
 

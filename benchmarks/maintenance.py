@@ -26,10 +26,9 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator_db.crypto import KeyRing
-
 from benchmarks.database import ROOT
 from benchmarks.dataset import CREDENTIALS_TABLE, seal_credential
+from orchestrator_db.crypto.keyring import KeyRing
 
 _SET_VALUES = f"""
 UPDATE {CREDENTIALS_TABLE} AS c SET api_key = v.api, secret_key = v.secret

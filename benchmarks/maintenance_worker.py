@@ -39,7 +39,7 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator_db.crypto import KeyRing, is_envelope
+from orchestrator_db.crypto.keyring import KeyRing, is_envelope
 
 _SELECT_BATCH = """
 SELECT id, user_id, api_key, secret_key FROM user_credentials

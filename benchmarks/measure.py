@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Operation:
     """``pick`` draws the arguments (untimed); ``run`` is what is timed."""

@@ -34,9 +34,6 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator_db.crypto import KeyRing, generate_key_entry
-from orchestrator_db.local_postgres import DatabaseUnavailable, mask_password, resolve_server_url
-
 from benchmarks.database import ROOT, BenchDatabase, create_bench_database, drop_bench_database
 from benchmarks.dataset import (
     CREDENTIAL_TYPES,
@@ -45,7 +42,13 @@ from benchmarks.dataset import (
     random_api_key,
     random_secret_key,
 )
-from benchmarks.implementations import Implementation, NaiveRaw, OneRoundTripRaw, PackageAPI, W1_TYPE
+from benchmarks.implementations import (
+    W1_TYPE,
+    Implementation,
+    NaiveRaw,
+    OneRoundTripRaw,
+    PackageAPI,
+)
 from benchmarks.maintenance import (
     Keys,
     measure_job,
@@ -59,6 +62,8 @@ from benchmarks.measure import Operation, interleaved
 from benchmarks.plans import explain_scoped_lookup
 from benchmarks.report import evaluate_targets, render_text, write_results
 from benchmarks.sqlalchemy_baseline import SQLAlchemyTypeDecorator
+from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry
+from orchestrator_db.devdb import DatabaseUnavailable, mask_password, resolve_server_url
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS_DIR = ROOT / ".local" / "bench-quick"

@@ -23,11 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from orchestrator_db.crypto import KeyRing
-from orchestrator_db.settings import CURRENT_USER_SETTING
-
 from benchmarks.dataset import CREDENTIALS_TABLE
 from benchmarks.implementations import W1_TYPE, Implementation, utc_now
+from orchestrator_db.crypto.keyring import KeyRing
+from orchestrator_db.settings import CURRENT_USER_SETTING
 
 _ring: KeyRing | None = None
 

@@ -9,6 +9,7 @@ What an app imports::
             credential = await scope.get_credential("alpaca")
 """
 
+from orchestrator_db.credentials import UserScope
 from orchestrator_db.engine import close_pool, connected, open_pool
 from orchestrator_db.errors import (
     AccountExists,
@@ -24,8 +25,7 @@ from orchestrator_db.errors import (
     UserNotFound,
 )
 from orchestrator_db.models import UserAccount, UserCredential
-from orchestrator_db.store import UserScope
-from orchestrator_db.tenancy import current_scope, user_scope
+from orchestrator_db.scope import current_scope, user_scope
 
 __all__ = [
     "AccountExists",

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
-from orchestrator_db.settings import database_settings
+from orchestrator_db.settings import database_settings, reload_settings
 
 
 async def _keep_session_state(connection: asyncpg.Connection) -> None:
@@ -68,7 +68,7 @@ def forget_engine() -> None:
     """
     global _engine
     _engine = None
-    database_settings.cache_clear()
+    reload_settings()
 
 
 async def open_pool() -> None:

@@ -36,22 +36,23 @@ from pathlib import Path
 
 import asyncpg
 
-from orchestrator_db.crypto import generate_key_entry
-from orchestrator_db.errors import ConfigurationError, OrchestratorDBError
-from orchestrator_db.local_postgres import (
+from orchestrator_db.crypto.keyring import generate_key_entry
+from orchestrator_db.devdb import (
     DatabaseUnavailable,
     mask_password,
     resolve_server_url,
     with_credentials,
     with_database,
 )
+from orchestrator_db.errors import ConfigurationError, OrchestratorDBError
 from orchestrator_db.settings import (
     admin_bind,
     admin_settings,
     configured_database_url,
+    configured_role_passwords,
     is_production,
     key_settings,
-    role_password,
+    use_settings,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +88,14 @@ def resolve_owner_url() -> str:
 
 
 def _piccolo(database_url: str, *args: str, **env: str) -> None:
-    environment = {**os.environ, "DATABASE_URL": database_url, **env}
+    environment = {**os.environ, **_settings_for_children(), "DATABASE_URL": database_url, **env}
     subprocess.run([PICCOLO, *args], cwd=ROOT, env=environment, check=True)
+
+
+def _settings_for_children() -> dict[str, str]:
+    """What a child `piccolo` command must know that this process decided (the dev key file)."""
+    keys_file = key_settings().keys_file
+    return {"ORCHESTRATOR_DB_KEYS_FILE": keys_file} if keys_file else {}
 
 
 def migrate(owner_url: str) -> None:
@@ -105,7 +112,7 @@ def _write_private(path: Path, text: str) -> None:
 
 def role_passwords(embedded: bool) -> dict[str, str]:
     """The two role passwords: from the environment, else (embedded only) .local/roles.env."""
-    from_env = {name: role_password(name) for name in PASSWORD_VARIABLES}
+    from_env = configured_role_passwords()
     if all(from_env.values()):
         return from_env  # type: ignore[return-value]
     if not embedded:
@@ -156,7 +163,7 @@ def ensure_dev_keys() -> None:
         )
     else:
         print(f"using the development key ring in {DEV_KEYS_FILE} (not for production)")
-    os.environ["ORCHESTRATOR_DB_KEYS_FILE"] = str(DEV_KEYS_FILE)
+    use_settings(keys_file=DEV_KEYS_FILE)
 
 
 async def _user_count(owner_url: str) -> int:
@@ -182,9 +189,9 @@ def serve_admin(operator_url: str) -> None:
     """Serve the admin in this process, connected as the operator role."""
     import uvicorn
 
-    os.environ["DATABASE_URL"] = operator_url
-    from orchestrator_db.admin_auth import ensure_operator_account
-    from orchestrator_db.admin_host import create_app
+    use_settings(database_url=operator_url)
+    from orchestrator_db.admin.asgi import create_app
+    from orchestrator_db.admin.auth import ensure_operator_account
 
     username, generated = asyncio.run(ensure_operator_account(admin_settings().password))
     if generated:

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from piccolo.utils.pydantic import create_pydantic_model
-from pydantic import AfterValidator, AwareDatetime, ValidationError, BaseModel, ConfigDict, SecretStr, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    Strict,
+    StringConstraints,
+    ValidationError,
+)
 
 from orchestrator_db.tables import (
     ACCOUNT_NAME_MAX_LENGTH,
@@ -97,7 +106,7 @@ _INPUT_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=Tru
 
 
 class UserAccount(
-    create_pydantic_model(
+    create_pydantic_model(  # type: ignore[misc]
         UserAccounts,
         model_name="UserAccountBase",
         include_default_columns=True,
@@ -113,7 +122,7 @@ class UserAccount(
 
 
 class UserCredential(
-    create_pydantic_model(
+    create_pydantic_model(  # type: ignore[misc]
         UserCredentials,
         model_name="UserCredentialBase",
         include_default_columns=True,
@@ -164,12 +173,13 @@ def _without_secret_inputs(error: ValidationError) -> ValidationError:
     ``hide_input_in_errors`` only hides inputs from ``str()``; ``errors()``
     (what FastAPI returns in a 422) would still carry them.
     """
-    details = []
+    details: list[Any] = []
     for item in error.errors(include_url=False):
-        if item["loc"] and item["loc"][0] in _SECRET_FIELDS:
-            item["input"] = _REDACTED
+        detail: dict[str, Any] = dict(item)
+        if detail["loc"] and detail["loc"][0] in _SECRET_FIELDS:
+            detail["input"] = _REDACTED
         details.append(
-            {key: item[key] for key in ("type", "loc", "input", "ctx") if key in item}
+            {key: detail[key] for key in ("type", "loc", "input", "ctx") if key in detail}
         )
     return ValidationError.from_exception_data(error.title, details, hide_input=True)
 
@@ -177,6 +187,6 @@ def _without_secret_inputs(error: ValidationError) -> ValidationError:
 def validate_credential_input(**values: object) -> UserCredentialInput:
     """UserCredentialInput(**values), raising a ValidationError that holds no secret."""
     try:
-        return UserCredentialInput(**values)
+        return UserCredentialInput.model_validate(values)
     except ValidationError as error:
         raise _without_secret_inputs(error) from None

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from orchestrator_db.crypto import KeyRing, is_envelope
+from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE as CREDENTIALS
+from orchestrator_db.crypto.envelopes import SECRET_COLUMNS, seal, unseal
+from orchestrator_db.crypto.keyring import KeyRing, is_envelope
+from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import ConfigurationError, DecryptionError
-from orchestrator_db.keys import get_key_ring
-from orchestrator_db.envelopes import CREDENTIALS_TABLE as CREDENTIALS
-from orchestrator_db.envelopes import SECRET_COLUMNS, seal, unseal
 
 __all__ = [
     "PLAINTEXT",

@@ -1,14 +1,25 @@
-"""The one place environment variables are read.
+"""The one place environment variables are read: one pydantic-settings object.
 
-Settings are read lazily and fail fast: a missing DATABASE_URL or key ring is
-an error that names the variable and the fix, never a silent default.
+Settings are built at first use (never at import, so commands that need no
+database run without one) and fail fast: a malformed value is a
+ConfigurationError that names the variable, and a missing DATABASE_URL or
+key ring is an error at the point it is needed, never a silent default.
+Secrets are ``SecretStr`` so they never show in a repr or a log line.
+
+Code that must run against other settings (``make run`` serving the admin
+as the operator role, tests switching databases) calls :func:`use_settings`
+instead of writing ``os.environ``.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator_db.errors import ConfigurationError
 
@@ -16,52 +27,154 @@ from orchestrator_db.errors import ConfigurationError
 CURRENT_USER_SETTING = "app.current_user_id"
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+class Settings(BaseSettings):
+    """Every setting of the package; the field's alias is its environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True,  # VAR= counts as unset
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # an error never echoes a password or key
+        populate_by_name=True,
+    )
+
+    # Database ###############################################################
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    #: 0 disables asyncpg's prepared-statement cache: needed behind PgBouncer
+    #: in transaction mode before 1.21 (Debian 12 ships 1.18).
+    statement_cache_size: int = Field(
+        100, ge=0, validation_alias="ORCHESTRATOR_DB_STATEMENT_CACHE_SIZE"
+    )
+    pool_min_size: int = Field(1, ge=0, validation_alias="ORCHESTRATOR_DB_POOL_MIN_SIZE")
+    pool_max_size: int = Field(10, ge=1, validation_alias="ORCHESTRATOR_DB_POOL_MAX_SIZE")
+    #: Seconds a scope waits for a free pooled connection before PoolTimeout.
+    pool_timeout: float = Field(10.0, gt=0, validation_alias="ORCHESTRATOR_DB_POOL_TIMEOUT")
+
+    # Keys ###################################################################
+    keys: SecretStr | None = Field(None, validation_alias="ORCHESTRATOR_DB_KEYS")
+    keys_file: Path | None = Field(None, validation_alias="ORCHESTRATOR_DB_KEYS_FILE")
+
+    # Deployment #############################################################
+    env: Literal["development", "production"] = Field(
+        "development", validation_alias="ORCHESTRATOR_DB_ENV"
+    )
+    app_password: SecretStr | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_APP_PASSWORD"
+    )
+    operator_password: SecretStr | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_OPERATOR_PASSWORD"
+    )
+    #: Where `seed_demo` inserts its Better Auth users; default DATABASE_URL.
+    seed_users_url: str | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_SEED_USERS_URL"
+    )
+
+    # Admin ##################################################################
+    admin_password: SecretStr | None = Field(None, validation_alias="ADMIN_PASSWORD")
+    admin_mfa_required: bool = Field(
+        False, validation_alias="ORCHESTRATOR_DB_ADMIN_MFA_REQUIRED"
+    )
+    allowed_hosts: str = Field("", validation_alias="ORCHESTRATOR_DB_ALLOWED_HOSTS")
+    #: The default, 127.0.0.1, is reachable from this machine only; a
+    #: container sets 0.0.0.0 and publishes the port itself.
+    admin_host: str = Field("127.0.0.1", validation_alias="ORCHESTRATOR_DB_ADMIN_HOST")
+    admin_port: int = Field(
+        8000, ge=1, le=65535, validation_alias="ORCHESTRATOR_DB_ADMIN_PORT"
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url", "seed_users_url", "admin_host", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+
+def _variable(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else field
+
+
+def _problem(error: ValidationError) -> ConfigurationError:
+    """A ConfigurationError naming each bad variable, with no value echoed."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else ""
+        name = _variable(field) if field in Settings.model_fields else field
+        problems.append(f"{name}: {item['msg']}")
+    return ConfigurationError("invalid settings: " + "; ".join(problems))
+
+
+_override: Settings | None = None
+
+
+@lru_cache(maxsize=1)
+def _from_environment() -> Settings:
     try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+        return Settings()
+    except ValidationError as error:
+        raise _problem(error) from None
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+def get_settings() -> Settings:
+    """The process's settings: read from the environment at first use, then kept."""
+    return _override if _override is not None else _from_environment()
+
+
+def use_settings(settings: Settings | None = None, **changes: object) -> Settings:
+    """Run this process on other settings: ``settings``, or the current ones with ``changes``.
+
+    ``use_settings()`` with no arguments goes back to the environment (read
+    again at next use). For `make run` and tests; apps configure the
+    environment instead.
+    """
+    global _override
+    _from_environment.cache_clear()
+    if settings is None and not changes:
+        _override = None
+        database_settings.cache_clear()
+        return get_settings()
+    base = settings if settings is not None else get_settings()
     try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+        _override = Settings.model_validate({**base.model_dump(), **changes})
+    except ValidationError as error:
+        raise _problem(error) from None
+    database_settings.cache_clear()
+    return _override
 
 
-def _flag(name: str, default: bool = False) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+def settings_override() -> Settings | None:
+    """What use_settings put in place, if anything (so a caller can put it back)."""
+    return _override
+
+
+def reload_settings() -> None:
+    """Read the environment again at next use (an override from use_settings stays)."""
+    _from_environment.cache_clear()
+    database_settings.cache_clear()
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str
-    #: 0 disables asyncpg's prepared-statement cache: needed behind PgBouncer
-    #: in transaction mode before 1.21 (Debian 12 ships 1.18).
     statement_cache_size: int
     pool_min_size: int
     pool_max_size: int
-    #: Seconds a scope waits for a free pooled connection before PoolTimeout.
     pool_acquire_timeout: float
 
 
 @lru_cache(maxsize=1)
 def database_settings() -> DatabaseSettings:
-    url = os.environ.get("DATABASE_URL", "").strip()
+    """The database settings, with DATABASE_URL required (cached: the hot path reads them)."""
+    settings = get_settings()
+    url = settings.database_url
     if not url:
         raise ConfigurationError(
             "DATABASE_URL is not set. Set it to postgresql://user:pass@host:port/db, "
@@ -71,10 +184,10 @@ def database_settings() -> DatabaseSettings:
         raise ConfigurationError("DATABASE_URL must start with postgresql://")
     return DatabaseSettings(
         url=url,
-        statement_cache_size=_int("ORCHESTRATOR_DB_STATEMENT_CACHE_SIZE", 100),
-        pool_min_size=_int("ORCHESTRATOR_DB_POOL_MIN_SIZE", 1),
-        pool_max_size=_int("ORCHESTRATOR_DB_POOL_MAX_SIZE", 10),
-        pool_acquire_timeout=_float("ORCHESTRATOR_DB_POOL_TIMEOUT", 10.0),
+        statement_cache_size=settings.statement_cache_size,
+        pool_min_size=settings.pool_min_size,
+        pool_max_size=settings.pool_max_size,
+        pool_acquire_timeout=settings.pool_timeout,
     )
 
 
@@ -85,25 +198,16 @@ class KeySettings:
 
 
 def key_settings() -> KeySettings:
+    settings = get_settings()
     return KeySettings(
-        keys=os.environ.get("ORCHESTRATOR_DB_KEYS") or None,
-        keys_file=os.environ.get("ORCHESTRATOR_DB_KEYS_FILE") or None,
+        keys=settings.keys.get_secret_value() if settings.keys else None,
+        keys_file=str(settings.keys_file) if settings.keys_file else None,
     )
 
 
 def is_production() -> bool:
     """Production refuses development conveniences (generated keys, plain cookies)."""
-    env = os.environ.get("ORCHESTRATOR_DB_ENV", "development").strip().lower()
-    if env not in {"development", "production"}:
-        raise ConfigurationError(
-            f"ORCHESTRATOR_DB_ENV must be development or production, got {env!r}"
-        )
-    return env == "production"
-
-
-def role_password(variable: str) -> str | None:
-    """Passwords for `create_roles`; None means the command must be given a flag."""
-    return os.environ.get(variable) or None
+    return get_settings().production
 
 
 @dataclass(frozen=True)
@@ -113,20 +217,40 @@ class AdminSettings:
     allowed_hosts: tuple[str, ...]
     production: bool
 
+    def __repr__(self) -> str:
+        return (
+            f"AdminSettings(password={'**********' if self.password else None}, "
+            f"mfa_required={self.mfa_required}, allowed_hosts={self.allowed_hosts}, "
+            f"production={self.production})"
+        )
+
 
 def admin_settings() -> AdminSettings:
-    hosts = os.environ.get("ORCHESTRATOR_DB_ALLOWED_HOSTS", "")
+    settings = get_settings()
     return AdminSettings(
-        password=os.environ.get("ADMIN_PASSWORD") or None,
-        mfa_required=_flag("ORCHESTRATOR_DB_ADMIN_MFA_REQUIRED"),
-        allowed_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
-        production=is_production(),
+        password=settings.admin_password.get_secret_value() if settings.admin_password else None,
+        mfa_required=settings.admin_mfa_required,
+        allowed_hosts=tuple(h.strip() for h in settings.allowed_hosts.split(",") if h.strip()),
+        production=settings.production,
     )
+
+
+def configured_role_passwords() -> dict[str, str | None]:
+    """The passwords `create_roles` gives the two roles, by variable; None when unset."""
+    settings = get_settings()
+    return {
+        "ORCHESTRATOR_DB_APP_PASSWORD": (
+            settings.app_password.get_secret_value() if settings.app_password else None
+        ),
+        "ORCHESTRATOR_DB_OPERATOR_PASSWORD": (
+            settings.operator_password.get_secret_value() if settings.operator_password else None
+        ),
+    }
 
 
 def configured_database_url() -> str | None:
     """DATABASE_URL if set; the run and test commands start a local server otherwise."""
-    return os.environ.get("DATABASE_URL", "").strip() or None
+    return get_settings().database_url
 
 
 def seed_users_database_url() -> str | None:
@@ -135,14 +259,10 @@ def seed_users_database_url() -> str | None:
     Better Auth owns "user" and the application role may only read it, so
     the demo users are inserted by a role that may (the table owner).
     """
-    return os.environ.get("ORCHESTRATOR_DB_SEED_USERS_URL", "").strip() or None
+    return get_settings().seed_users_url
 
 
 def admin_bind() -> tuple[str, int]:
-    """Where `make run` serves the admin: ORCHESTRATOR_DB_ADMIN_HOST / _PORT.
-
-    The default, 127.0.0.1:8000, is reachable from this machine only; a
-    container sets the host to 0.0.0.0 and publishes the port itself.
-    """
-    host = os.environ.get("ORCHESTRATOR_DB_ADMIN_HOST", "").strip() or "127.0.0.1"
-    return host, _int("ORCHESTRATOR_DB_ADMIN_PORT", 8000)
+    """Where `make run` serves the admin: ORCHESTRATOR_DB_ADMIN_HOST / _PORT."""
+    settings = get_settings()
+    return settings.admin_host or "127.0.0.1", settings.admin_port

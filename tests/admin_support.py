@@ -1,6 +1,6 @@
 """Shared by the admin tests: a real admin server, operators, and an HTTP login.
 
-The server is the real host app (orchestrator_db.admin_host) under uvicorn
+The server is the real host app (orchestrator_db.admin.asgi) under uvicorn
 in a subprocess, connected to the test database as the test operator role,
 exactly as `make run` serves it.
 """
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from helpers import ROOT, TestDatabase
 from piccolo.apps.user.tables import BaseUser
-
-from conftest import ROOT, TestDatabase
 
 #: An encryption envelope as crypto.py writes it (key id, then >= 28 bytes of body).
 ENVELOPE = re.compile(r"v1\.[A-Za-z0-9_-]{1,32}\.[A-Za-z0-9_-]{20,}")
@@ -65,7 +64,7 @@ def start_admin_server(test_db: TestDatabase, name: str, **env: str) -> AdminSer
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "uvicorn", "--factory",
-                "orchestrator_db.admin_host:create_app",
+                "orchestrator_db.admin.asgi:create_app",
                 "--fd", str(listener.fileno()), "--log-level", "warning",
             ],
             cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,

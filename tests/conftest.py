@@ -12,120 +12,67 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import fields
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from helpers import TestDatabase, run_piccolo
 
-from orchestrator_db.crypto import generate_key_entry
-from orchestrator_db.local_postgres import (
+from orchestrator_db.crypto.keyring import generate_key_entry
+from orchestrator_db.devdb import (
     DatabaseUnavailable,
     create_database,
     drop_database,
+    provisioning,
     resolve_server_url,
-    with_credentials,
+)
+from orchestrator_db.devdb.provisioning import ProvisionedDatabase
+from orchestrator_db.settings import (
+    configured_database_url,
+    reload_settings,
+    settings_override,
+    use_settings,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-PICCOLO = str(Path(sys.executable).with_name("piccolo"))
-#: `make soak` sets this: the reliability and fuzz tests run this many times longer.
-SOAK_FACTOR = max(1, int(os.environ.get("ORCHESTRATOR_DB_SOAK_FACTOR", "1") or 1))
-
-
-@dataclass
-class TestDatabase:
-    server_url: str  # superuser, maintenance database
-    name: str
-    owner_url: str  # migrations run as this role, which owns the tables
-    app_role: str
-    app_password: str
-    app_url: str  # NOSUPERUSER NOBYPASSRLS, not owner: RLS applies
-    operator_role: str
-    operator_password: str
-    operator_url: str  # BYPASSRLS
-    keys: str  # the ORCHESTRATOR_DB_KEYS the run uses
-
-
 DB: TestDatabase | None = None
-
-
-def run_piccolo(database_url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real `piccolo` CLI, as a user would, against one database."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run(
-        [PICCOLO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"piccolo {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def grant_roles(db: TestDatabase, owner_url: str) -> None:
-    """Provision the suite's two roles in a database, with the real `create_roles`."""
-    run_piccolo(
-        owner_url,
-        "orchestrator_db",
-        "create_roles",
-        f"--app_role={db.app_role}",
-        f"--operator_role={db.operator_role}",
-        f"--app_password={db.app_password}",
-        f"--operator_password={db.operator_password}",
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global DB
     try:
-        server_url = resolve_server_url(os.environ.get("DATABASE_URL"))
+        server_url = resolve_server_url(configured_database_url())
     except DatabaseUnavailable as error:
         raise pytest.UsageError(f"no PostgreSQL for the test suite: {error}") from None
-    suffix = secrets.token_hex(4)
-    name = f"odb_test_{suffix}"
-    owner_url = asyncio.run(create_database(server_url, name))
-    app_role, operator_role = f"odb_app_{suffix}", f"odb_operator_{suffix}"
-    app_password, operator_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    provisioned = asyncio.run(provisioning.provision_database(server_url, "odb_test"))
     DB = TestDatabase(
-        server_url=server_url,
-        name=name,
-        owner_url=owner_url,
-        app_role=app_role,
-        app_password=app_password,
-        app_url=with_credentials(owner_url, app_role, app_password),
-        operator_role=operator_role,
-        operator_password=operator_password,
-        operator_url=with_credentials(owner_url, operator_role, operator_password),
+        **{f.name: getattr(provisioned, f.name) for f in fields(ProvisionedDatabase)},
         keys=f"{generate_key_entry('test2')},{generate_key_entry('test1')}",
     )
-    run_piccolo(owner_url, "migrations", "forwards", "all")
-    grant_roles(DB, owner_url)
     os.environ["DATABASE_URL"] = DB.app_url
     os.environ["ORCHESTRATOR_DB_KEYS"] = DB.keys
     os.environ.pop("ORCHESTRATOR_DB_KEYS_FILE", None)
+    reload_settings()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if DB is None:
-        return
+    if DB is not None:
+        asyncio.run(provisioning.drop_provisioned_database(DB))
 
-    async def cleanup() -> None:
-        await drop_database(DB.server_url, DB.name)
-        connection = await asyncpg.connect(DB.server_url)
-        try:
-            for role in (DB.app_role, DB.operator_role):
-                await connection.execute(f'DROP ROLE IF EXISTS "{role}"')
-        finally:
-            await connection.close()
 
-    asyncio.run(cleanup())
+@pytest.fixture(autouse=True)
+def environment_read_afresh() -> Iterator[None]:
+    """Settings are read once per process; a test that changes the environment or
+    calls use_settings sees its change, and the next test does not."""
+    saved = settings_override()
+    reload_settings()
+    yield
+    if saved is None:
+        use_settings()
+    else:
+        use_settings(saved)
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-
 from orchestrator_db import ConnectionLost, CredentialNotFound, PoolTimeout, connected, user_scope
+
 
 def is_connection_error(error: BaseException) -> bool:
     """A lost or refused connection must surface as the package's typed error.

@@ -20,7 +20,6 @@ import httpx
 import pyotp
 import pytest
 import pytest_asyncio
-
 from admin_support import (
     ENVELOPE,
     AdminServer,
@@ -30,15 +29,16 @@ from admin_support import (
     start_admin_server,
     stop_admin_server,
 )
+
 from orchestrator_db import CredentialNotFound, user_scope
-from orchestrator_db.admin_auth import KeyRingMFAEncryption
-from orchestrator_db.audit import SECRET_REPLACED, diff
-from orchestrator_db.crypto import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.admin.audit import SECRET_REPLACED, diff
+from orchestrator_db.admin.auth import KeyRingMFAEncryption
+from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import DecryptionError
-from orchestrator_db.keys import get_key_ring
 
 if TYPE_CHECKING:
-    from conftest import TestDatabase
+    from helpers import TestDatabase
 
 CREDENTIALS_API = "/api/tables/user_credentials_admin/"
 

@@ -18,8 +18,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, Response, async_playwright
-
 from admin_support import (
     ARTIFACTS,
     ENVELOPE,
@@ -29,8 +27,10 @@ from admin_support import (
     start_admin_server,
     stop_admin_server,
 )
+from playwright.async_api import Browser, BrowserContext, Page, Response, async_playwright
+
 from orchestrator_db import CredentialNotFound, user_scope
-from orchestrator_db.crypto import is_envelope
+from orchestrator_db.crypto.keyring import is_envelope
 
 pytestmark = pytest.mark.browser
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import stat
 
 import pytest
+from helpers import run_piccolo
 
-from conftest import run_piccolo
 from orchestrator_db import CredentialNotFound, launch, user_scope
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.errors import ConfigurationError
+from orchestrator_db.settings import key_settings, reload_settings
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_dev_key_ring_is_generated_once_private(no_keys, monkeypatch, capsys) ->
     assert no_keys.read_text() == first
     assert len(KeyRing.parse(first).key_ids) == 1
     assert "DEVELOPMENT key ring" in capsys.readouterr().out
-    assert launch.os.environ["ORCHESTRATOR_DB_KEYS_FILE"] == str(no_keys)
+    assert key_settings().keys_file == str(no_keys)
 
 
 def test_production_never_generates_keys(no_keys, monkeypatch) -> None:
@@ -56,6 +57,7 @@ def test_role_passwords_required_with_database_url(monkeypatch) -> None:
         launch.role_passwords(embedded=False)
 
     monkeypatch.setenv("ORCHESTRATOR_DB_APP_PASSWORD", "app-secret")
+    reload_settings()  # settings are read once; read the changed environment
     assert launch.role_passwords(embedded=False) == {
         "ORCHESTRATOR_DB_APP_PASSWORD": "app-secret",
         "ORCHESTRATOR_DB_OPERATOR_PASSWORD": "op-secret",

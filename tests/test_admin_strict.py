@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from admin_support import (
     AdminServer,
     create_operator,
@@ -18,7 +17,8 @@ from admin_support import (
     start_admin_server,
     stop_admin_server,
 )
-from orchestrator_db.admin import LOGIN_ATTEMPTS
+
+from orchestrator_db.admin.app import LOGIN_ATTEMPTS
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+from helpers import grant_roles, run_piccolo
 
-from conftest import grant_roles, run_piccolo
 from orchestrator_db.checks import Finding, failures, inspect_deployment, rls_bypasses
 from orchestrator_db.commands.check import check_deployment
-from orchestrator_db.local_postgres import create_database, drop_database, with_database
+from orchestrator_db.devdb import create_database, drop_database, with_database
 
 TENANT_TABLES = ("user_accounts", "user_credentials")
 

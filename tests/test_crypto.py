@@ -1,4 +1,4 @@
-"""Tests for orchestrator_db.crypto (pure crypto, no database)."""
+"""Tests for orchestrator_db.crypto.keyring (pure crypto, no database)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator_db.crypto import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
 from orchestrator_db.errors import DecryptionError, KeyConfigError
 
 SECRET = "AKIA-very-secret-api-key-0123456789abcd"

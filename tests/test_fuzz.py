@@ -13,6 +13,7 @@ import uuid
 
 import asyncpg
 import pytest
+from helpers import SOAK_FACTOR
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -24,8 +25,7 @@ from orchestrator_db import (
     UserNotFound,
     user_scope,
 )
-from orchestrator_db.keys import get_key_ring
-from conftest import SOAK_FACTOR
+from orchestrator_db.crypto.providers import get_key_ring
 
 FUZZ = settings(
     max_examples=150 * SOAK_FACTOR,

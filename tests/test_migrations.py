@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
-
-from conftest import PICCOLO, ROOT, run_piccolo
+from helpers import PICCOLO, ROOT, run_piccolo
 
 if TYPE_CHECKING:
-    from conftest import TestDatabase
+    from helpers import TestDatabase
 
 MIGRATIONS_FOLDER = ROOT / "orchestrator_db" / "piccolo_migrations"
 BETTER_AUTH_DDL = Path("/work/shared/context/better_auth_1.7.25_pg.sql")

@@ -19,7 +19,7 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 import orchestrator_db.models as models
-import orchestrator_db.tenancy as tenancy
+import orchestrator_db.scope as scope_module
 from orchestrator_db import user_scope
 from orchestrator_db.models import (
     UserAccount,
@@ -367,13 +367,13 @@ async def test_empty_user_id_refused_before_database(
 ) -> None:
     """Make sure user_scope('') raises ValueError without taking a connection, and nothing is written."""
     acquired: list[object] = []
-    real_acquire = tenancy._acquire
+    real_acquire = scope_module.acquire
 
     async def watching_acquire(engine: object) -> object:
         acquired.append(engine)
         return await real_acquire(engine)
 
-    monkeypatch.setattr(tenancy, "_acquire", watching_acquire)
+    monkeypatch.setattr(scope_module, "acquire", watching_acquire)
     body_ran = False
     with pytest.raises(ValueError, match="user_id"):
         async with user_scope("") as scope:

@@ -22,8 +22,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
 import pytest
+from helpers import ROOT
 
-from conftest import ROOT
 from orchestrator_db import user_scope
 from orchestrator_db.settings import CURRENT_USER_SETTING
 

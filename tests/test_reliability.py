@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from helpers import SOAK_FACTOR, run_piccolo
 from reliability_worker import (
     AMBIGUOUS,
     COMMITTED,
@@ -34,16 +35,15 @@ from reliability_worker import (
     write_once,
 )
 
-from conftest import SOAK_FACTOR, run_piccolo
 from orchestrator_db import CredentialNotFound, user_scope
-from orchestrator_db.engine import get_engine
-from orchestrator_db.keys import get_key_ring
-from orchestrator_db.local_postgres import (
+from orchestrator_db.crypto.providers import get_key_ring
+from orchestrator_db.devdb import (
     EmbeddedPostgres,
     create_database,
     with_credentials,
     with_database,
 )
+from orchestrator_db.engine import get_engine
 
 pytestmark = pytest.mark.asyncio
 

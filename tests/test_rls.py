@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import pytest_asyncio
+from helpers import grant_roles
 
 import orchestrator_db
-from conftest import grant_roles, run_piccolo
 from orchestrator_db import user_scope
+from orchestrator_db.devdb import with_database
 from orchestrator_db.engine import get_engine, pool_options
-from orchestrator_db.local_postgres import with_database
 from orchestrator_db.settings import CURRENT_USER_SETTING
 
 if TYPE_CHECKING:
-    from conftest import TestDatabase
+    from helpers import TestDatabase
 
 PACKAGE_DIR = Path(orchestrator_db.__file__).resolve().parent
 SETTING = CURRENT_USER_SETTING
@@ -579,7 +579,7 @@ def test_package_source_makes_only_transaction_local_settings() -> None:
                 problems.setdefault(str(path), []).extend(found)
     assert problems == {}
     # The scan saw the settings it guards: the scope's and the scoped functions'.
-    assert {"tenancy.py"} <= calls_seen
+    assert {"connection.py"} <= calls_seen
     assert any(name.startswith("piccolo_migrations/") for name in calls_seen)
 
 

@@ -24,12 +24,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from orchestrator_db.engine import forget_engine
 from orchestrator_db import DecryptionError, close_pool, open_pool, user_scope
-from orchestrator_db.crypto import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.crypto.providers import use_key_ring
+from orchestrator_db.devdb.provisioning import drop_provisioned_database, provision_database
+from orchestrator_db.engine import forget_engine
 from orchestrator_db.errors import ConfigurationError
-from orchestrator_db.keys import use_key_ring
-from orchestrator_db.local_postgres import create_database, drop_database, with_credentials
 from orchestrator_db.rotation import (
     PLAINTEXT,
     BatchProgress,
@@ -38,6 +38,7 @@ from orchestrator_db.rotation import (
     retirable_key_ids,
     rotate_keys,
 )
+from orchestrator_db.settings import use_settings
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,10 +68,13 @@ class RotationDatabase:
     owner: asyncpg.Pool
 
 
-async def _point_package_at(url: str) -> None:
-    """Rebuild the package's engine and pool for ``url``, as a fresh process would."""
+async def _point_package_at(url: str | None) -> None:
+    """Rebuild the package's engine and pool for ``url`` (None: the environment's), as a fresh process would."""
     await close_pool()
-    os.environ["DATABASE_URL"] = url
+    if url is None:
+        use_settings()
+    else:
+        use_settings(database_url=url)
     forget_engine()  # get_engine() rebuilds it and rebinds the tables
     await open_pool()
 
@@ -78,47 +82,19 @@ async def _point_package_at(url: str) -> None:
 @pytest_asyncio.fixture(scope="module", autouse=True)
 async def db(test_db) -> AsyncIterator[RotationDatabase]:
     """This module's own migrated database and roles, with the package pointed at it."""
-    suffix = secrets.token_hex(4)
-    name, app_role, operator_role = (
-        f"odb_rotation_{suffix}",
-        f"odb_rotapp_{suffix}",
-        f"odb_rotop_{suffix}",
-    )
-    app_password, operator_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    owner_url = await create_database(test_db.server_url, name)
+    provisioned = await provision_database(test_db.server_url, "odb_rotation")
     try:
-        for args in (
-            ("migrations", "forwards", "all"),
-            (
-                "orchestrator_db",
-                "create_roles",
-                f"--app_role={app_role}",
-                f"--operator_role={operator_role}",
-                f"--app_password={app_password}",
-                f"--operator_password={operator_password}",
-            ),
-        ):
-            done = await asyncio.to_thread(cli, owner_url, test_db.keys, *args)
-            assert done.returncode == 0, done.stdout + done.stderr
-        app_url = with_credentials(owner_url, app_role, app_password)
-        owner = await asyncpg.create_pool(owner_url, min_size=1, max_size=4)
-        session_url = os.environ["DATABASE_URL"]
-        await _point_package_at(app_url)
+        owner = await asyncpg.create_pool(provisioned.owner_url, min_size=1, max_size=4)
+        await _point_package_at(provisioned.app_url)
         try:
             yield RotationDatabase(
-                owner_url, app_url, with_credentials(owner_url, operator_role, operator_password), owner
+                provisioned.owner_url, provisioned.app_url, provisioned.operator_url, owner
             )
         finally:
-            await _point_package_at(session_url)
+            await _point_package_at(None)
             await owner.close()
     finally:
-        await drop_database(test_db.server_url, name)
-        superuser = await asyncpg.connect(test_db.server_url)
-        try:
-            for role in (app_role, operator_role):
-                await superuser.execute(f'DROP ROLE IF EXISTS "{role}"')
-        finally:
-            await superuser.close()
+        await drop_provisioned_database(provisioned)
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from orchestrator_db import (
     UserNotFound,
     user_scope,
 )
-from orchestrator_db.crypto import KeyRing, generate_key_entry, is_envelope
-from orchestrator_db.keys import get_key_ring, use_key_ring
+from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
+from orchestrator_db.crypto.providers import get_key_ring, use_key_ring
 
 pytestmark = pytest.mark.asyncio
 

@@ -16,10 +16,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 import pytest_asyncio
+from helpers import ROOT
 
-from conftest import ROOT
 from orchestrator_db import CredentialNotFound, ScopeError, current_scope, user_scope
-from orchestrator_db.local_postgres import drop_database, with_database
+from orchestrator_db.devdb import drop_database, with_database
 from orchestrator_db.models import USER_ID_MAX_LENGTH
 from orchestrator_db.tables import UserAccounts, UserCredentials
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -22,7 +22,7 @@ async def connect() -> asyncpg.Connection:
     )
 
 
-def run(main: Callable[[], Awaitable[T]]) -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a command body; our own errors end the process with their message, not a traceback."""
     try:
         return asyncio.run(main())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.rotation import PLAINTEXT, BatchProgress, ReencryptResult
 
 

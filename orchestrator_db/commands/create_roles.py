@@ -2,7 +2,7 @@ import asyncpg
 
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.errors import ConfigurationError
-from orchestrator_db.settings import role_password
+from orchestrator_db.settings import configured_role_passwords
 
 TENANT_TABLES = ("user_accounts", "user_credentials")
 
@@ -121,9 +121,10 @@ def create_roles(
     :param operator_password:
         Default: ORCHESTRATOR_DB_OPERATOR_PASSWORD.
     """
-    app_password = app_password or role_password("ORCHESTRATOR_DB_APP_PASSWORD") or ""
+    configured = configured_role_passwords()
+    app_password = app_password or configured["ORCHESTRATOR_DB_APP_PASSWORD"] or ""
     operator_password = (
-        operator_password or role_password("ORCHESTRATOR_DB_OPERATOR_PASSWORD") or ""
+        operator_password or configured["ORCHESTRATOR_DB_OPERATOR_PASSWORD"] or ""
     )
 
     async def main() -> None:

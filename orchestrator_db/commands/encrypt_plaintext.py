@@ -1,7 +1,7 @@
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.commands._report import exit_if_unfinished, print_key_counts, print_progress
-from orchestrator_db.keys import get_key_ring
+from orchestrator_db.crypto.providers import get_key_ring
 
 
 async def _encrypt(batch_size: int) -> rotation.ReencryptResult:

@@ -1,4 +1,4 @@
-from orchestrator_db.crypto import generate_key_entry
+from orchestrator_db.crypto.keyring import generate_key_entry
 
 
 def generate_key(key_id: str = "") -> None:

@@ -3,8 +3,8 @@ import sys
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.commands._report import print_key_counts
-from orchestrator_db.crypto import KeyRing
-from orchestrator_db.keys import get_key_ring
+from orchestrator_db.crypto.keyring import KeyRing
+from orchestrator_db.crypto.providers import get_key_ring
 
 
 async def _status() -> tuple[KeyRing, dict[str, int]]:

@@ -35,7 +35,8 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from orchestrator_db.admin_auth import (
+from orchestrator_db.admin.audit import AuditMiddleware, snapshot
+from orchestrator_db.admin.auth import (
     SESSION_IDLE,
     SESSION_MAX,
     KeyRingMFAEncryption,
@@ -43,12 +44,11 @@ from orchestrator_db.admin_auth import (
     Operator,
     OperatorSession,
 )
-from orchestrator_db.admin_forms import CREDENTIAL_SECRET_FORM
-from orchestrator_db.admin_tables import AccountRow, AuditEntry, CredentialRow, UserRow
-from orchestrator_db.audit import AuditMiddleware, snapshot
+from orchestrator_db.admin.forms import CREDENTIAL_SECRET_FORM
+from orchestrator_db.admin.views import AccountRow, AuditEntry, CredentialRow, UserRow
+from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.engine import get_engine
 from orchestrator_db.errors import ConfigurationError
-from orchestrator_db.keys import get_key_ring
 from orchestrator_db.settings import AdminSettings, admin_settings
 
 #: Login attempts allowed per client address in LOGIN_WINDOW_SECONDS; past
@@ -81,7 +81,7 @@ _NO_BULK_DELETE = _refuse("Bulk delete is disabled; delete rows one at a time.")
 _READ_ONLY = _refuse("This table is read-only in the admin.")
 
 
-def _read_only(**reads: list) -> Validators:
+def _read_only(**reads: Any) -> Validators:
     return Validators(
         post_single=[_READ_ONLY],
         put_single=[_READ_ONLY],

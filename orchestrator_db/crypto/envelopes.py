@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.tables import UserCredentials
 
 CREDENTIALS_TABLE = UserCredentials._meta.tablename

@@ -19,13 +19,13 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from orchestrator_db.admin_tables import AccountRow, CredentialRow, UserRow
-from orchestrator_db.audit import SECRET_REPLACED, record
-from orchestrator_db.keys import get_key_ring
+from orchestrator_db.admin.audit import SECRET_REPLACED, record
+from orchestrator_db.admin.views import AccountRow, CredentialRow, UserRow
+from orchestrator_db.crypto import envelopes
+from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE as CREDENTIALS
+from orchestrator_db.crypto.envelopes import SECRET_COLUMNS
+from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.models import UserCredentialInput
-from orchestrator_db import envelopes
-from orchestrator_db.envelopes import CREDENTIALS_TABLE as CREDENTIALS
-from orchestrator_db.envelopes import SECRET_COLUMNS
 
 
 class CredentialSecretForm(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.errors import KeyConfigError
 from orchestrator_db.settings import key_settings
 

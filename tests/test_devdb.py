@@ -1,4 +1,4 @@
-"""Tests for orchestrator_db.local_postgres against real throwaway clusters.
+"""Tests for orchestrator_db.devdb against real throwaway clusters.
 
 One cluster serves the module (initdb + start costs about a second); tests
 that need a fresh data dir make their own. Data dirs live under /var/tmp and
@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from orchestrator_db.local_postgres import (
+from orchestrator_db.devdb import (
     DatabaseUnavailable,
     EmbeddedPostgres,
     aresolve_server_url,
@@ -207,7 +207,7 @@ def test_mask_password_and_with_database() -> None:
 def test_concurrent_processes_init_once(fresh_root: Path) -> None:
     """Make sure two processes starting a fresh cluster at once share one initdb and one server."""
     code = (
-        "import sys; from orchestrator_db.local_postgres import EmbeddedPostgres; "
+        "import sys; from orchestrator_db.devdb import EmbeddedPostgres; "
         "print(EmbeddedPostgres(sys.argv[1]).ensure_running())"
     )
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -223,18 +223,22 @@ def test_concurrent_processes_init_once(fresh_root: Path) -> None:
     assert asyncio.run(_select_one(urls.pop())) == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the /var/tmp fallback only applies when running as root")
 def test_default_dir_falls_back_when_unreachable(monkeypatch: pytest.MonkeyPatch, fresh_root: Path) -> None:
-    """Make sure, as root, a project the postgres user cannot reach gets its data dir under /var/tmp instead."""
+    """Make sure, as root, a project the postgres user cannot reach gets its data dir under
+    /var/tmp instead; and that as any other user (who runs the server as themselves) it never does."""
     import hashlib
 
-    import orchestrator_db.local_postgres as lp
+    import orchestrator_db.devdb.cluster as cluster
 
     hidden = fresh_root / "private"
     (hidden / "project").mkdir(parents=True)
     hidden.chmod(0o700)
-    monkeypatch.setattr(lp, "PROJECT_ROOT", hidden / "project")
-    digest = hashlib.sha256(str(hidden / "project").encode()).hexdigest()[:12]
-    assert EmbeddedPostgres().data_dir == Path(f"/var/tmp/orchestrator_db-{digest}/postgres")
+    monkeypatch.setattr(cluster, "PROJECT_ROOT", hidden / "project")
+    preferred = hidden / "project" / ".local" / "postgres"
+    if os.geteuid() == 0:
+        digest = hashlib.sha256(str(hidden / "project").encode()).hexdigest()[:12]
+        assert EmbeddedPostgres().data_dir == Path(f"/var/tmp/orchestrator_db-{digest}/postgres")
+    else:
+        assert EmbeddedPostgres().data_dir == preferred
     hidden.chmod(0o755)
-    assert EmbeddedPostgres().data_dir == hidden / "project" / ".local" / "postgres"
+    assert EmbeddedPostgres().data_dir == preferred

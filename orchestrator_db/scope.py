@@ -1,0 +1,157 @@
+"""The per-user scope: one connection, one transaction, one RLS setting.
+
+The transaction starts lazily. A scope whose first operation is a read runs
+it through a scoped database function (set the user, then query) as one
+statement: one round trip, no BEGIN or COMMIT. The first write begins the
+transaction with the setting in the same round trip, and everything after
+it shares that transaction, which commits on exit and rolls back on error.
+The setting is always transaction-local (``set_config(..., true)``), so it
+never outlives the statement or transaction that made it; that is what lets
+the pool skip its reset query (see engine.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from orchestrator_db.checks import describe, inspect_deployment, rls_bypasses
+from orchestrator_db.connection import (
+    CONNECTION_FAILURES,
+    ScopeConnection,
+    acquire,
+    connection_lost,
+    discard,
+    release,
+)
+from orchestrator_db.credentials import UserScope
+from orchestrator_db.engine import get_engine
+from orchestrator_db.errors import ScopeError
+from orchestrator_db.models import USER_ID_MAX_LENGTH
+
+logger = logging.getLogger(__name__)
+
+_active_scope: contextvars.ContextVar[UserScope | None] = contextvars.ContextVar(
+    "orchestrator_db_active_scope", default=None
+)
+
+# Server connections already shown not to bypass RLS; checked once each.
+_verified_connections: weakref.WeakSet = weakref.WeakSet()
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_user_id(user_id: object) -> str:
+    """Refuse a bad id before the database is touched."""
+    if not isinstance(user_id, str):
+        raise TypeError(f"user_id must be a str, not {type(user_id).__name__}")
+    if not user_id:
+        raise ValueError("user_id must not be empty")
+    if len(user_id) > USER_ID_MAX_LENGTH:
+        raise ValueError(f"user_id must be at most {USER_ID_MAX_LENGTH} characters")
+    if _CONTROL_CHARACTER.search(user_id):
+        raise ValueError("user_id must not contain control characters")
+    if not user_id.isascii():
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("user_id must be valid Unicode (no lone surrogates)") from None
+    return user_id
+
+
+class _PiccoloTransaction:
+    """Lets Piccolo queries run inside a scope, on its connection and transaction."""
+
+    __slots__ = ("connection", "_parent")
+
+    def __init__(self, connection: ScopeConnection) -> None:
+        self.connection = connection
+        self._parent = None
+
+
+def _server_connection(raw: Any) -> Any:
+    return getattr(raw, "_con", None) or raw
+
+
+async def _refuse_rls_bypass(raw: Any) -> None:
+    server_connection = _server_connection(raw)
+    if server_connection in _verified_connections:
+        return
+    try:
+        findings = await inspect_deployment(raw)
+    except CONNECTION_FAILURES as error:
+        raise connection_lost(error) from error
+    bypasses = rls_bypasses(findings)
+    if bypasses:
+        raise ScopeError(
+            "refusing to run a user scope: row-level security would not "
+            f"protect this connection. {describe(bypasses)}. "
+            "(Tests of the bypass itself may pass allow_rls_bypass=True.)"
+        )
+    _verified_connections.add(server_connection)
+
+
+@asynccontextmanager
+async def user_scope(
+    user_id: str, *, allow_rls_bypass: bool = False
+) -> AsyncIterator[UserScope]:
+    """Everything inside runs as ``user_id``, in one transaction, under RLS.
+
+    ``allow_rls_bypass=True`` skips the refusal to run as a superuser,
+    BYPASSRLS role or unforced owner; it exists only for tests of that
+    refusal and of the policies themselves, never for production code.
+    """
+    validate_user_id(user_id)
+    active = _active_scope.get()
+    # A task started inside a scope inherits the context variable, but not
+    # the right to use that scope's connection: it opens its own.
+    if active is not None and active.owner_task is asyncio.current_task():
+        if active.user_id != user_id:
+            raise ScopeError(
+                "a user_scope for another user is already active in this task; "
+                "finish it before opening a scope for a different user"
+            )
+        yield active
+        return
+
+    engine = get_engine()
+    raw, pooled = await acquire(engine)
+    connection = ScopeConnection(raw, user_id)
+    scope = UserScope(user_id, connection)
+    scope_token = _active_scope.set(scope)
+    piccolo_token = engine.current_transaction.set(
+        _PiccoloTransaction(connection)  # type: ignore[arg-type]
+    )
+    try:
+        if not allow_rls_bypass:
+            await _refuse_rls_bypass(raw)
+        try:
+            yield scope
+        except BaseException:
+            try:
+                await connection.finish(commit=False)
+            except Exception:  # the connection is gone; the server rolls back
+                logger.warning("rollback failed; the connection will be discarded")
+                discard(raw)
+            raise
+        try:
+            await connection.finish(commit=True)
+        except BaseException:
+            discard(raw)  # after a failed COMMIT its state is unknown
+            raise
+    finally:
+        engine.current_transaction.reset(piccolo_token)
+        _active_scope.reset(scope_token)
+        await release(engine, raw, pooled)
+
+
+def current_scope() -> UserScope | None:
+    """The scope active in this task, if any."""
+    return _active_scope.get()
