@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -79,22 +78,3 @@ async def interleaved(
         for name in names:
             results[name].append(summarize(latencies[name]))
     return results
-
-
-def ratios(
-    results: dict[str, list[RoundStats]], baseline: str, field: str = "mean_us"
-) -> dict[str, list[float]]:
-    """Per round, time per op of each implementation over the baseline's."""
-    base = [getattr(r, field) for r in results[baseline]]
-    return {
-        name: [getattr(r, field) / b for r, b in zip(rounds, base)]
-        for name, rounds in results.items()
-    }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-    }

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from orchestrator_db.settings import CURRENT_USER_SETTING
-
-TENANT_TABLES = ("user_accounts", "user_credentials")
+from orchestrator_db.tables import TENANT_TABLES
 
 #: The policy expression as PostgreSQL prints it back (pg_get_expr); a policy
 #: with the right name but another expression is not our policy.

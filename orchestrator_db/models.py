@@ -37,7 +37,6 @@ __all__ = [
     "UserCredential",
     "UserAccountCreate",
     "UserCredentialInput",
-    "UserId",
     "CredentialType",
     "USER_ID_MAX_LENGTH",
     "SECRET_MAX_LENGTH",
@@ -66,13 +65,6 @@ def _storable_secret(value: SecretStr) -> SecretStr:
     return value
 
 
-UserId = Annotated[
-    str,
-    StringConstraints(
-        strict=True, min_length=1, max_length=USER_ID_MAX_LENGTH, pattern=_PRINTABLE
-    ),
-    AfterValidator(_storable),
-]
 AccountName = Annotated[
     str,
     StringConstraints(

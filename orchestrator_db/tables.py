@@ -113,3 +113,7 @@ class UserCredentials(Table, tablename="user_credentials"):
     updated_at = Timestamptz(help_text="Kept current by a trigger on every UPDATE.")
 
     idx_user_credentials_unique = Unique([user_account_id, credential_type])
+
+
+#: The tables row-level security isolates by ``user_id``.
+TENANT_TABLES: tuple[str, ...] = (UserAccounts._meta.tablename, UserCredentials._meta.tablename)

@@ -14,8 +14,7 @@ from helpers import grant_roles, run_piccolo
 from orchestrator_db.checks import Finding, failures, inspect_deployment, rls_bypasses
 from orchestrator_db.commands.check import check_deployment
 from orchestrator_db.devdb import create_database, drop_database, with_database
-
-TENANT_TABLES = ("user_accounts", "user_credentials")
+from orchestrator_db.tables import TENANT_TABLES
 
 
 def _check(database_url: str):

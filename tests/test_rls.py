@@ -29,13 +29,13 @@ from orchestrator_db import user_scope
 from orchestrator_db.devdb import with_database
 from orchestrator_db.engine import get_engine, pool_options
 from orchestrator_db.settings import CURRENT_USER_SETTING
+from orchestrator_db.tables import TENANT_TABLES
 
 if TYPE_CHECKING:
     from helpers import TestDatabase
 
 PACKAGE_DIR = Path(orchestrator_db.__file__).resolve().parent
 SETTING = CURRENT_USER_SETTING
-TENANT_TABLES = ("user_accounts", "user_credentials")
 
 
 # --- helpers ----------------------------------------------------------------

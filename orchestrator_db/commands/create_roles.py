@@ -3,8 +3,7 @@ import asyncpg
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.errors import ConfigurationError
 from orchestrator_db.settings import configured_role_passwords
-
-TENANT_TABLES = ("user_accounts", "user_credentials")
+from orchestrator_db.tables import TENANT_TABLES
 
 
 async def _ensure_role(

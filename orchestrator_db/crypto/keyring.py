@@ -324,10 +324,6 @@ class KeyRing:
             raise DecryptionError("value is not an encrypted envelope")
         return envelope[len(_PREFIX) :].partition(".")[0]
 
-    def needs_rotation(self, envelope: str) -> bool:
-        """True when the envelope is not under the active key and should be re-encrypted."""
-        return self.key_id_of(envelope) != self._active
-
     def derive_subkey(self, purpose: str, *, key_id: str | None = None) -> bytes:
         """32-byte subkey for a non-column use (e.g. MFA secrets).
 
