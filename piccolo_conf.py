@@ -1,10 +1,12 @@
-"""Piccolo's entry point: the database engine, built from DATABASE_URL, and the apps."""
+"""Piccolo's entry point: the database engine, built from DATABASE_URL at first use, and the apps.
+
+``DB`` is looked up lazily (PEP 562 module ``__getattr__``): Piccolo reads
+it with ``getattr(piccolo_conf, "DB")`` only when a command needs the
+database, so ``generate_key`` and every ``--help`` run without DATABASE_URL.
+"""
 
 from piccolo.conf.apps import AppRegistry
-
-from orchestrator_db.engine import get_engine
-
-DB = get_engine()
+from piccolo.engine.base import Engine
 
 APP_REGISTRY = AppRegistry(
     apps=[
@@ -15,3 +17,11 @@ APP_REGISTRY = AppRegistry(
         "piccolo_api.mfa.authenticator.piccolo_app",
     ]
 )
+
+
+def __getattr__(name: str) -> Engine:
+    if name == "DB":
+        from orchestrator_db.engine import get_engine
+
+        return get_engine()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

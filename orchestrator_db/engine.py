@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
+from orchestrator_db.errors import ConfigurationError, ConnectionLost, OrchestratorDBError
 from orchestrator_db.settings import database_settings, reload_settings
 
 
@@ -38,6 +41,65 @@ def pool_options() -> dict[str, Any]:
     }
 
 
+class _Engine(PostgresEngine):
+    """Piccolo's PostgresEngine, built without connecting.
+
+    Piccolo's engine connects at construction to check the server version
+    and, when it cannot, prints a warning and carries on. Here the engine is
+    built lazily and connection failures surface once, as typed errors, at
+    first use (:func:`open_pool`, a scope). PostgreSQL 13 or later is
+    required by the migrations themselves (``gen_random_uuid()``).
+    """
+
+    async def check_version(self) -> None:
+        return None
+
+
+def _where(url: str) -> str:
+    """``user@host:port/db`` of a URL, never its password."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.username or ''}@{parts.hostname or ''}:{parts.port or 5432}{parts.path}"
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def connect_failure(
+    error: BaseException, url: str | None = None, setting: str = "DATABASE_URL"
+) -> OrchestratorDBError | None:
+    """The typed error for a failure to open a connection with ``setting``'s URL, or None.
+
+    A refused, unreachable or timed-out server is :class:`ConnectionLost`
+    (retry later); a login the server refuses, or a database that does not
+    exist, is a :class:`ConfigurationError`. Both name the setting to fix and
+    never carry its password.
+    """
+    if url is None:
+        try:
+            url = database_settings().url
+        except ConfigurationError:
+            url = None
+    at = f" ({_where(url)})" if url else ""
+    if isinstance(error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+        return ConfigurationError(
+            f"the database refused the login in {setting}{at}: wrong user or password; "
+            f"fix the user and password in {setting}"
+        )
+    if isinstance(error, asyncpg.InvalidCatalogNameError):
+        return ConfigurationError(
+            f"the database named in {setting}{at} does not exist; fix the database name in {setting}"
+        )
+    if isinstance(error, socket.gaierror):
+        return ConfigurationError(f"the host in {setting}{at} cannot be resolved; fix {setting}")
+    if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.exceptions.CannotConnectNowError):
+        reason = "timed out" if isinstance(error, TimeoutError) else "refused or unreachable"
+        return ConnectionLost(
+            f"cannot connect to the database in {setting}{at}: {reason}; start the server "
+            f"or fix the host and port in {setting}"
+        )
+    return None
+
+
 _engine: PostgresEngine | None = None
 
 
@@ -54,7 +116,7 @@ def get_engine() -> PostgresEngine:
 
         # No extensions: gen_random_uuid() is built in since PostgreSQL 13,
         # and the application role may not create extensions.
-        _engine = PostgresEngine(config=engine_config(), extensions=())
+        _engine = _Engine(config=engine_config(), extensions=())
         for table in (BetterAuthUser, UserAccounts, UserCredentials):
             table._meta.db = _engine
     return _engine
@@ -75,7 +137,13 @@ async def open_pool() -> None:
     """Start the tables' connection pool; without one, every scope opens a new connection."""
     engine = get_engine()
     if engine.pool is None:
-        await engine.start_connection_pool(**pool_options())
+        try:
+            await engine.start_connection_pool(**pool_options())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            typed = connect_failure(error)
+            if typed is None:
+                raise
+            raise typed from None
 
 
 async def close_pool() -> None:
