@@ -359,6 +359,31 @@ async def test_backwards_keeps_user_table_once_better_auth_has_users(migrated_da
 
 
 @pytest.mark.asyncio
+async def test_backwards_keeps_user_table_better_auth_tables_reference(migrated_database) -> None:
+    """Make sure going back to zero succeeds and keeps the empty "user" we created once Better
+    Auth's own migration has added "session" and "account", which reference it."""
+    url = await migrated_database()
+    statements = [s for s in BETTER_AUTH_DDL.read_text().split(";") if s.strip()]
+    connection = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            if not statement.strip().startswith('create table "user"'):  # ours is there already
+                await connection.execute(statement)
+    finally:
+        await connection.close()
+    better_auth_before = {table: await snapshot(url, table) for table in ("user", "session", "account")}
+
+    await piccolo(url, *BACKWARDS_ALL)
+
+    relations = names((await snapshot(url))["relations"], 0)
+    assert relations & OUR_TABLES == set()
+    for table, before in better_auth_before.items():
+        assert await snapshot(url, table) == before
+    await piccolo(url, *FORWARDS_ALL)  # and the way forward is open again
+    assert OUR_TABLES <= names((await snapshot(url))["relations"], 0)
+
+
+@pytest.mark.asyncio
 async def test_fresh_user_table_has_better_auth_shape(migrated_database) -> None:
     """Make sure the "user" table our migration creates is identical, object for object, to the one Better Auth's DDL creates."""
     ours = await migrated_database()

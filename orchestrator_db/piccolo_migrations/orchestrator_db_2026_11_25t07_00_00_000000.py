@@ -2,8 +2,10 @@
 
 The DDL is Better Auth 1.7's own, so Better Auth can adopt the table later. A
 marker comment records that we created it: going backwards drops the table
-only when the marker is there and the table is empty, so a Better Auth table
-with real users is never dropped.
+only when the marker is there, the table is empty and nothing else depends on
+it (Better Auth's "session" and "account" reference it once Better Auth has
+migrated), so a Better Auth table with real users, or with Better Auth's own
+tables hanging off it, is never dropped.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -31,7 +33,14 @@ DO $$
 BEGIN
     IF to_regclass('"user"') IS NOT NULL
        AND obj_description(to_regclass('"user"'), 'pg_class') = '{MARKER}'
-       AND NOT EXISTS (SELECT 1 FROM "user") THEN
+       AND NOT EXISTS (SELECT 1 FROM "user")
+       -- no foreign key, view or other object of anyone else depends on it
+       AND NOT EXISTS (
+           SELECT 1 FROM pg_depend
+           WHERE refclassid = 'pg_class'::regclass
+             AND refobjid = to_regclass('"user"')
+             AND deptype = 'n'
+       ) THEN
         DROP TABLE "user";
     END IF;
 END
