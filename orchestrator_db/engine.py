@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine
 
+from orchestrator_db.crypto.providers import prepare_key_ring, uses_transit
 from orchestrator_db.errors import ConfigurationError, ConnectionLost, OrchestratorDBError
 from orchestrator_db.settings import database_settings, reload_settings
 
@@ -144,6 +145,15 @@ async def open_pool() -> None:
             if typed is None:
                 raise
             raise typed from None
+        if uses_transit() and engine.pool is not None:
+            # Unwrap the KMS-wrapped data keys now, so a process that cannot
+            # reach Transit fails at startup instead of at its first secret.
+            try:
+                async with engine.pool.acquire() as connection:
+                    await prepare_key_ring(connection)
+            except BaseException:
+                await engine.close_connection_pool()
+                raise
 
 
 async def close_pool() -> None:

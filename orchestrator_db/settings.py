@@ -13,7 +13,7 @@ instead of writing ``os.environ``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -53,6 +53,27 @@ class Settings(BaseSettings):
     # Keys ###################################################################
     keys: SecretStr | None = Field(None, validation_alias="ORCHESTRATOR_DB_KEYS")
     keys_file: Path | None = Field(None, validation_alias="ORCHESTRATOR_DB_KEYS_FILE")
+    #: Where the key ring comes from. Unset: ``env`` when ORCHESTRATOR_DB_KEYS
+    #: is set, else ``file`` when ORCHESTRATOR_DB_KEYS_FILE is (as before).
+    key_provider: Literal["env", "file", "transit"] | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_KEY_PROVIDER"
+    )
+    #: Vault/OpenBao Transit: address, mount, key name, and token or AppRole.
+    transit_addr: str | None = Field(None, validation_alias="ORCHESTRATOR_DB_TRANSIT_ADDR")
+    transit_mount: str = Field("transit", validation_alias="ORCHESTRATOR_DB_TRANSIT_MOUNT")
+    transit_key: str = Field("orchestrator_db", validation_alias="ORCHESTRATOR_DB_TRANSIT_KEY")
+    transit_token: SecretStr | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_TRANSIT_TOKEN"
+    )
+    transit_role_id: str | None = Field(None, validation_alias="ORCHESTRATOR_DB_TRANSIT_ROLE_ID")
+    transit_secret_id: SecretStr | None = Field(
+        None, validation_alias="ORCHESTRATOR_DB_TRANSIT_SECRET_ID"
+    )
+    transit_approle_mount: str = Field(
+        "approle", validation_alias="ORCHESTRATOR_DB_TRANSIT_APPROLE_MOUNT"
+    )
+    #: Seconds one Transit request may take (startup and operator commands only).
+    transit_timeout: float = Field(5.0, gt=0, validation_alias="ORCHESTRATOR_DB_TRANSIT_TIMEOUT")
 
     # Deployment #############################################################
     env: Literal["development", "production"] = Field(
@@ -67,6 +88,22 @@ class Settings(BaseSettings):
     #: Where `seed_demo` inserts its Better Auth users; default DATABASE_URL.
     seed_users_url: str | None = Field(
         None, validation_alias="ORCHESTRATOR_DB_SEED_USERS_URL"
+    )
+
+    # Better Auth sessions (sessions.py) ####################################
+    #: The variables Better Auth itself reads, in its order: versioned
+    #: "<version>:<secret>,..." (the first signs), else the single secret.
+    better_auth_secrets: SecretStr | None = Field(None, validation_alias="BETTER_AUTH_SECRETS")
+    better_auth_secret: SecretStr | None = Field(None, validation_alias="BETTER_AUTH_SECRET")
+    auth_secret: SecretStr | None = Field(None, validation_alias="AUTH_SECRET")
+    #: Accept "Authorization: Bearer <token>" with no signature, as Better
+    #: Auth's bearer plugin does by default. Risky: see README.
+    bearer_allow_unsigned: bool = Field(
+        False, validation_alias="ORCHESTRATOR_DB_BEARER_ALLOW_UNSIGNED"
+    )
+    #: Better Auth's session cookie name (advanced.cookiePrefix + ".session_token").
+    session_cookie_name: str = Field(
+        "better-auth.session_token", validation_alias="ORCHESTRATOR_DB_SESSION_COOKIE"
     )
 
     # Admin ##################################################################
@@ -193,15 +230,64 @@ def database_settings() -> DatabaseSettings:
 
 @dataclass(frozen=True)
 class KeySettings:
-    keys: str | None
+    #: env, file or transit; None when nothing is configured.
+    provider: str | None
+    keys: str | None = field(repr=False)
     keys_file: str | None
 
 
 def key_settings() -> KeySettings:
     settings = get_settings()
+    provider = settings.key_provider
+    if provider is None:
+        provider = "env" if settings.keys else "file" if settings.keys_file else None
     return KeySettings(
+        provider=provider,
         keys=settings.keys.get_secret_value() if settings.keys else None,
         keys_file=str(settings.keys_file) if settings.keys_file else None,
+    )
+
+
+@dataclass(frozen=True)
+class TransitSettings:
+    """How to reach Vault/OpenBao Transit; the token and secret id never show in a repr."""
+
+    addr: str
+    mount: str
+    key_name: str
+    token: str | None = field(repr=False)
+    role_id: str | None
+    secret_id: str | None = field(repr=False)
+    approle_mount: str
+    timeout: float
+
+
+def transit_settings() -> TransitSettings:
+    """The Transit settings, with the address and one way to log in required."""
+    settings = get_settings()
+    if not settings.transit_addr:
+        raise ConfigurationError(
+            "ORCHESTRATOR_DB_KEY_PROVIDER=transit needs ORCHESTRATOR_DB_TRANSIT_ADDR "
+            "(e.g. http://127.0.0.1:8200)"
+        )
+    token = settings.transit_token.get_secret_value() if settings.transit_token else None
+    secret_id = (
+        settings.transit_secret_id.get_secret_value() if settings.transit_secret_id else None
+    )
+    if not token and not (settings.transit_role_id and secret_id):
+        raise ConfigurationError(
+            "Transit needs ORCHESTRATOR_DB_TRANSIT_TOKEN, or AppRole's "
+            "ORCHESTRATOR_DB_TRANSIT_ROLE_ID and ORCHESTRATOR_DB_TRANSIT_SECRET_ID"
+        )
+    return TransitSettings(
+        addr=settings.transit_addr,
+        mount=settings.transit_mount,
+        key_name=settings.transit_key,
+        token=token,
+        role_id=settings.transit_role_id,
+        secret_id=secret_id,
+        approle_mount=settings.transit_approle_mount,
+        timeout=settings.transit_timeout,
     )
 
 

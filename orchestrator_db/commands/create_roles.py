@@ -60,6 +60,39 @@ async def _grant_admin_tables(
             )
 
 
+# Better Auth session lookup (see sessions.py and its migration) ##############
+# EXECUTE for the application role only; neither role gets a grant on "session".
+SESSION_LOOKUP = "public.orchestrator_db_session_user(text)"
+
+
+async def _grant_session_lookup(
+    connection: asyncpg.Connection, app_role: str, operator_role: str
+) -> None:
+    """Skipped when the function is not migrated yet."""
+    if not await connection.fetchval("SELECT to_regprocedure($1) IS NOT NULL", SESSION_LOOKUP):
+        return
+    await _grant(connection, f"REVOKE ALL ON FUNCTION {SESSION_LOOKUP} FROM PUBLIC")
+    await _grant(connection, f"REVOKE ALL ON FUNCTION {SESSION_LOOKUP} FROM {{0}}", operator_role)
+    await _grant(connection, f"GRANT EXECUTE ON FUNCTION {SESSION_LOOKUP} TO {{0}}", app_role)
+
+
+# The KMS-wrapped data keys (see crypto/data_keys.py) ##########################
+# Every process reads them at startup; only the operator (key commands) writes.
+DATA_KEYS = "public.orchestrator_db_data_keys"
+
+
+async def _grant_data_keys(
+    connection: asyncpg.Connection, app_role: str, operator_role: str
+) -> None:
+    """Skipped when the table is not migrated yet."""
+    if not await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", DATA_KEYS):
+        return
+    for role in (app_role, operator_role):
+        await _grant(connection, f"REVOKE ALL ON {DATA_KEYS} FROM {{0}}", role)
+    await _grant(connection, f"GRANT SELECT ON {DATA_KEYS} TO {{0}}", app_role)
+    await _grant(connection, f"GRANT SELECT, INSERT, UPDATE ON {DATA_KEYS} TO {{0}}", operator_role)
+
+
 async def provision_roles(
     app_role: str, app_password: str, operator_role: str, operator_password: str
 ) -> None:
@@ -94,6 +127,8 @@ async def provision_roles(
                     )
                     await _grant(connection, f"REVOKE TRUNCATE ON {table} FROM {{0}}", role)
             await _grant_admin_tables(connection, app_role, operator_role)
+            await _grant_data_keys(connection, app_role, operator_role)
+            await _grant_session_lookup(connection, app_role, operator_role)
     finally:
         await connection.close()
 
