@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak install system-packages
+.PHONY: run test lint bench soak install system-packages better-auth
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ system-packages:
 run: install
 	$(PY) -m orchestrator_db.launch $(ARGS)
 
+# The real Better Auth the session tests drive, pinned by its package-lock.json.
+better-auth:
+	npm ci --prefix tests/better_auth --no-audit --no-fund --silent
+
 ## The whole test suite against a real PostgreSQL, in a throwaway database.
-test: install system-packages
+test: install system-packages better-auth
 	$(PY) -m pytest
 
 ## ruff (lint, import order) and mypy on the package; CI runs it before the tests.

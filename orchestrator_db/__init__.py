@@ -19,6 +19,7 @@ from orchestrator_db.errors import (
     CredentialNotFound,
     DecryptionError,
     KeyConfigError,
+    NotAuthenticated,
     OrchestratorDBError,
     PoolTimeout,
     ScopeError,
@@ -26,6 +27,8 @@ from orchestrator_db.errors import (
 )
 from orchestrator_db.models import UserAccount, UserCredential
 from orchestrator_db.scope import current_scope, user_scope
+from orchestrator_db.sessions import authenticate
+from orchestrator_db.web import current_user_scope
 
 __all__ = [
     "AccountExists",
@@ -35,6 +38,7 @@ __all__ = [
     "CredentialNotFound",
     "DecryptionError",
     "KeyConfigError",
+    "NotAuthenticated",
     "OrchestratorDBError",
     "PoolTimeout",
     "ScopeError",
@@ -42,9 +46,11 @@ __all__ = [
     "UserCredential",
     "UserNotFound",
     "UserScope",
+    "authenticate",
     "close_pool",
     "connected",
     "current_scope",
+    "current_user_scope",
     "open_pool",
     "user_scope",
 ]

@@ -57,5 +57,18 @@ class UserNotFound(NotFound):
     """No Better Auth user with that id exists."""
 
 
+class NotAuthenticated(OrchestratorDBError):
+    """No signed-in Better Auth user; ``reason`` is 'missing', 'malformed',
+    'bad_signature', 'unknown_session' or 'expired'. Never holds the token."""
+
+    REASONS = ("missing", "malformed", "bad_signature", "unknown_session", "expired")
+
+    def __init__(self, reason: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        self.reason = reason
+        super().__init__(f"not authenticated: {reason}")
+
+
 class ConnectionLost(OrchestratorDBError, ConnectionError):
     """The database connection failed mid-scope; the scope can be retried."""

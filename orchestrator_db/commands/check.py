@@ -1,3 +1,4 @@
+from orchestrator_db import session_checks
 from orchestrator_db.checks import Finding, failures, inspect_deployment
 from orchestrator_db.commands._connect import connect, run
 
@@ -23,8 +24,12 @@ def check() -> None:
         print(f"[{'ok' if finding.ok else 'FAIL'}] {finding.check}")
         if not finding.ok:
             print(f"       fix: {finding.fix}")
+    sessions_failed = session_checks.report(run(session_checks.check_sessions))
     failed = failures(findings)
     if failed:
         print(f"\n{len(failed)} check(s) failed: users' rows are NOT isolated.")
+        raise SystemExit(1)
+    if sessions_failed:
+        print("\nsession lookup cannot work: authenticate() will fail (fixes above).")
         raise SystemExit(1)
     print("\nall checks passed: row-level security isolates users for this role.")
