@@ -1,8 +1,13 @@
 """`make run`: find or start PostgreSQL, migrate, then serve the admin.
 
 With DATABASE_URL set, that server is used (and must answer), as the table
-owner. Without it an embedded cluster is started in .local/ and a database
-named ``orchestrator`` is created in it on first run.
+owner. Without it an embedded cluster is started in .local/postgres and a
+database named ``orchestrator`` is created in it on first run. The generated
+files live in ORCHESTRATOR_DB_LOCAL_DIR (default <checkout>/.local).
+
+First, before anything touches a database, every setting is checked: the
+DATABASE_URL names a database that is not the server's maintenance one, the
+role passwords are there, the key ring parses, and the admin port is free.
 
 Then, every run:
 
@@ -20,7 +25,9 @@ Then, every run:
    itself on the embedded cluster's first run (no users yet);
 5. the operator account ``piccolo_user`` on first run, password from
    ADMIN_PASSWORD or generated and printed once;
-6. the admin, served at http://127.0.0.1:8000/admin/, connected to
+6. .local/app.env: the application role's DATABASE_URL and the key ring,
+   for an app (or the README's example) to load;
+7. the admin, served at http://127.0.0.1:8000/admin/, connected to
    PostgreSQL as the operator role.
 """
 
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,31 +47,59 @@ import asyncpg
 from orchestrator_db.crypto.keyring import generate_key_entry
 from orchestrator_db.devdb import (
     DatabaseUnavailable,
+    EmbeddedPostgres,
     mask_password,
     resolve_server_url,
     with_credentials,
     with_database,
 )
+from orchestrator_db.devdb.urls import database_of
 from orchestrator_db.errors import ConfigurationError, OrchestratorDBError
 from orchestrator_db.settings import (
     admin_bind,
     admin_settings,
     configured_database_url,
     configured_role_passwords,
+    get_settings,
     is_production,
     key_settings,
     use_settings,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL = ROOT / ".local"
 LOCAL_DATABASE = "orchestrator"
-ROLES_FILE = LOCAL / "roles.env"
-DEV_KEYS_FILE = LOCAL / "dev-keys.txt"
+#: A server's own databases: migrating into one is always a mistake.
+MAINTENANCE_DATABASES = ("postgres", "template0", "template1")
 APP_ROLE = "orchestrator_app"
 OPERATOR_ROLE = "orchestrator_operator"
 PASSWORD_VARIABLES = ("ORCHESTRATOR_DB_APP_PASSWORD", "ORCHESTRATOR_DB_OPERATOR_PASSWORD")
 PICCOLO = str(Path(sys.executable).with_name("piccolo"))
+
+
+def local_dir() -> Path:
+    """Where `make run` keeps what it generates: ORCHESTRATOR_DB_LOCAL_DIR, default <checkout>/.local."""
+    configured = get_settings().local_dir
+    return Path(configured).resolve() if configured is not None else ROOT / ".local"
+
+
+def roles_file() -> Path:
+    return local_dir() / "roles.env"
+
+
+def dev_keys_file() -> Path:
+    return local_dir() / "dev-keys.txt"
+
+
+def app_env_file() -> Path:
+    return local_dir() / "app.env"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside it (as a newcomer types it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 async def _ensure_local_database(server_url: str) -> str:
@@ -81,10 +117,60 @@ async def _ensure_local_database(server_url: str) -> str:
 def resolve_owner_url() -> str:
     """The URL migrations run with: DATABASE_URL, or the embedded cluster's database."""
     configured = configured_database_url()
-    server_url = resolve_server_url(configured)
     if configured:
-        return server_url
+        return resolve_server_url(configured)
+    cluster = EmbeddedPostgres()
+    server_url = resolve_server_url(None, embedded=cluster)
+    print(
+        f"embedded PostgreSQL: data in {cluster.data_dir} (log {cluster.log_file}); "
+        "stop it with `.venv/bin/python -m orchestrator_db.devdb stop`",
+        flush=True,
+    )
     return asyncio.run(_ensure_local_database(server_url))
+
+
+def check_database_url() -> None:
+    """A configured DATABASE_URL must name the application's database, not the server's own."""
+    configured = configured_database_url()
+    if configured is None:
+        return
+    database = database_of(configured)
+    if not database or database in MAINTENANCE_DATABASES:
+        named = f"the server's {database!r} database" if database else "no database"
+        raise ConfigurationError(
+            f"DATABASE_URL names {named}: `make run` migrates the database it names, so point "
+            f"it at the application's own (e.g. postgresql://owner:…@host:5432/{LOCAL_DATABASE}) "
+            "or unset it to use the embedded cluster"
+        )
+
+
+def check_key_ring() -> None:
+    """The configured key ring must parse (a Transit ring is unwrapped when the pool opens)."""
+    from orchestrator_db.crypto.providers import load_key_ring, uses_transit
+
+    if not uses_transit():
+        load_key_ring()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether the admin could listen on host:port (uvicorn sets SO_REUSEADDR too)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def check_admin_port() -> None:
+    host, port = admin_bind()
+    if not port_is_free(host, port):
+        raise ConfigurationError(
+            f"port {port} on {host} is in use (another `make run`?): stop that process, or "
+            "set ORCHESTRATOR_DB_ADMIN_PORT to a free port"
+        )
 
 
 def _piccolo(database_url: str, *args: str, **env: str) -> None:
@@ -121,15 +207,16 @@ def role_passwords(embedded: bool) -> dict[str, str]:
             "ORCHESTRATOR_DB_OPERATOR_PASSWORD: the passwords `make run` gives the "
             "application and operator roles it creates"
         )
-    if not ROLES_FILE.exists():
+    stored_file = roles_file()
+    if not stored_file.exists():
         _write_private(
-            ROLES_FILE,
+            stored_file,
             "# Role passwords for the embedded cluster, generated by `make run`.\n"
             + "".join(f"{name}={secrets.token_urlsafe(24)}\n" for name in PASSWORD_VARIABLES),
         )
     stored = dict(
         line.split("=", 1)
-        for line in ROLES_FILE.read_text().splitlines()
+        for line in stored_file.read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
     return {name: from_env[name] or stored[name] for name in PASSWORD_VARIABLES}
@@ -138,16 +225,17 @@ def role_passwords(embedded: bool) -> dict[str, str]:
 def ensure_dev_keys() -> None:
     """Use the configured key ring; outside production, make a development one if none is."""
     settings = key_settings()
-    if settings.keys or settings.keys_file:
+    if settings.keys or settings.keys_file or settings.provider == "transit":
         return
     if is_production():
         raise ConfigurationError(
             "production needs ORCHESTRATOR_DB_KEYS or ORCHESTRATOR_DB_KEYS_FILE; "
             "run `piccolo orchestrator_db generate_key` to make a key"
         )
-    if not DEV_KEYS_FILE.exists():
+    keys_file = dev_keys_file()
+    if not keys_file.exists():
         _write_private(
-            DEV_KEYS_FILE,
+            keys_file,
             "# DEVELOPMENT key ring generated by `make run`. Never use it in production.\n"
             f"{generate_key_entry()}\n",
         )
@@ -155,15 +243,37 @@ def ensure_dev_keys() -> None:
         print(
             f"\n{banner}\n"
             f"  NO ENCRYPTION KEY WAS CONFIGURED: generated a DEVELOPMENT key ring in\n"
-            f"  {DEV_KEYS_FILE} (mode 0600, git-ignored).\n"
+            f"  {keys_file} (mode 0600, git-ignored).\n"
             "  Credentials stored now are readable only with this file: keep it, and\n"
             "  never use it in production (set ORCHESTRATOR_DB_KEYS there).\n"
             f"{banner}\n",
             flush=True,
         )
     else:
-        print(f"using the development key ring in {DEV_KEYS_FILE} (not for production)")
-    use_settings(keys_file=DEV_KEYS_FILE)
+        print(f"using the development key ring in {_shown(keys_file)} (not for production)")
+    use_settings(keys_file=keys_file)
+
+
+def write_app_env(app_url: str) -> Path:
+    """.local/app.env: what an app needs to run as the application role (mode 0600, rewritten each run)."""
+    settings = key_settings()
+    lines = [
+        "# The application role's settings for the database `make run` prepared; rewritten",
+        "# by every `make run` (mode 0600, git-ignored). Load: set -a; . .local/app.env; set +a",
+        f"DATABASE_URL={app_url}",
+    ]
+    if settings.provider == "file" and settings.keys_file:
+        lines.append(f"ORCHESTRATOR_DB_KEYS_FILE={Path(settings.keys_file).resolve()}")
+    elif settings.provider == "env" and settings.keys:
+        lines.append(f"ORCHESTRATOR_DB_KEYS={settings.keys}")
+    else:
+        lines.append("# the key ring: set ORCHESTRATOR_DB_KEY_PROVIDER and its settings as for `make run`")
+    path = app_env_file()
+    staging = path.with_name(path.name + ".tmp")
+    staging.unlink(missing_ok=True)
+    _write_private(staging, "\n".join(lines) + "\n")
+    os.replace(staging, path)
+    return path
 
 
 async def _user_count(owner_url: str) -> int:
@@ -187,10 +297,8 @@ async def _summary(owner_url: str) -> None:
 
 def serve_admin(operator_url: str) -> None:
     """Serve the admin in this process, connected as the operator role."""
-    import uvicorn
-
     use_settings(database_url=operator_url)
-    from orchestrator_db.admin.asgi import create_app
+    from orchestrator_db.admin.asgi import serve
     from orchestrator_db.admin.auth import ensure_operator_account
 
     username, generated = asyncio.run(ensure_operator_account(admin_settings().password))
@@ -201,9 +309,27 @@ def serve_admin(operator_url: str) -> None:
             flush=True,
         )
     host, port = admin_bind()
+    check_admin_port()  # again: something may have taken it while we migrated
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     print(f"\nadmin: http://{shown}:{port}/admin/  (log in as {username!r})\n", flush=True)
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    serve(host=host, port=port)
+
+
+def check_settings(serve: bool) -> dict[str, str]:
+    """Everything that can be wrong with the settings, checked before any database is touched.
+
+    Returns the role passwords; on the embedded cluster it may generate them,
+    and a development key ring, into the local directory.
+    """
+    get_settings()  # a malformed variable is a ConfigurationError naming it
+    embedded = configured_database_url() is None
+    check_database_url()
+    passwords = role_passwords(embedded)
+    ensure_dev_keys()
+    check_key_ring()
+    if serve:
+        check_admin_port()
+    return passwords
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     embedded = configured_database_url() is None
     try:
+        passwords = check_settings(serve=not args.no_serve)
         owner_url = resolve_owner_url()
         migrate(owner_url)
-        passwords = role_passwords(embedded)
         _piccolo(
             owner_url,
             "orchestrator_db",
@@ -224,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
             f"--operator_role={OPERATOR_ROLE}",
             **passwords,
         )
-        ensure_dev_keys()
         app_url = with_credentials(owner_url, APP_ROLE, passwords["ORCHESTRATOR_DB_APP_PASSWORD"])
         operator_url = with_credentials(
             owner_url, OPERATOR_ROLE, passwords["ORCHESTRATOR_DB_OPERATOR_PASSWORD"]
@@ -238,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
                 ORCHESTRATOR_DB_SEED_USERS_URL=owner_url,
             )
         asyncio.run(_summary(owner_url))
+        app_env = _shown(write_app_env(app_url))
+        print(
+            f"\napp settings (application role, key ring): {app_env}; "
+            f"load them with `set -a; . {app_env}; set +a`",
+            flush=True,
+        )
         if args.no_serve:
             return 0
         serve_admin(operator_url)

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         8000, ge=1, le=65535, validation_alias="ORCHESTRATOR_DB_ADMIN_PORT"
     )
 
+    # Development ############################################################
+    #: Where `make run` keeps its generated files (app.env, roles.env,
+    #: dev-keys.txt) and the embedded cluster; default <checkout>/.local.
+    local_dir: Path | None = Field(None, validation_alias="ORCHESTRATOR_DB_LOCAL_DIR")
+
     @field_validator("env", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

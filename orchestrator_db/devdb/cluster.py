@@ -125,8 +125,14 @@ class EmbeddedPostgres:
 
     @staticmethod
     def _default_data_dir() -> Path:
-        """``<project>/.local/postgres``; when root and the server user could
-        not reach that (e.g. under /root), a per-project dir in /var/tmp."""
+        """``postgres`` in ORCHESTRATOR_DB_LOCAL_DIR, default ``<project>/.local``;
+        when that is not set, we are root and the server user could not reach
+        it (e.g. under /root), a per-project dir in /var/tmp."""
+        from orchestrator_db.settings import get_settings
+
+        local_dir = get_settings().local_dir
+        if local_dir is not None:
+            return Path(local_dir).resolve() / "postgres"
         preferred = PROJECT_ROOT / ".local" / "postgres"
         if not is_root() or server_user_can_reach(preferred):
             return preferred
