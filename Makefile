@@ -22,9 +22,10 @@ system-packages:
 run: install
 	$(PY) -m orchestrator_db.launch $(ARGS)
 
-# The real Better Auth the session tests drive, pinned by its package-lock.json.
+# The real Better Auth the session tests and the example drive, pinned by lock files.
 better-auth:
 	npm ci --prefix tests/better_auth --no-audit --no-fund --silent
+	npm ci --prefix examples/trading_api/better_auth --no-audit --no-fund --silent
 
 ## The whole test suite against a real PostgreSQL, in a throwaway database.
 test: install system-packages better-auth
