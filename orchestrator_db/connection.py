@@ -3,7 +3,8 @@
 A scope's transaction (and its RLS setting) begins on the first write; reads
 before that run as one statement through a scoped function. Every failure of
 the connection itself surfaces as ConnectionLost, and a pool that stays full
-as PoolTimeout, so no raw driver error escapes a scope.
+as PoolTimeout, and every error the server raises as a typed project error
+(:func:`database_error`), so no raw driver error escapes a scope.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ import logging
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ArgumentError
 from piccolo.engine.postgres import PostgresEngine
 
-from orchestrator_db.errors import ConnectionLost, PoolTimeout, ScopeError
+from orchestrator_db.errors import (
+    ConnectionLost,
+    ConstraintViolation,
+    DatabaseError,
+    PoolTimeout,
+    ScopeError,
+    TransactionConflict,
+)
 from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 
 logger = logging.getLogger(__name__)
@@ -44,6 +53,69 @@ def connection_lost(error: BaseException) -> ConnectionLost:
     )
 
 
+# SQLSTATE classes: 23 integrity constraint violation; 40 transaction
+# rollback (40001 serialization failure, 40P01 deadlock).
+_CONFLICT_STATES = ("40001", "40P01")
+
+
+def database_error(error: Exception) -> ConnectionLost | DatabaseError:
+    """The typed error for anything asyncpg raises on a statement.
+
+    The driver's message is dropped: it can quote a value (a DETAIL line
+    names a conflicting key, an encoding error shows the argument).
+    """
+    if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ArgumentError):
+        return connection_lost(error)
+    sqlstate = getattr(error, "sqlstate", None)
+    constraint = getattr(error, "constraint_name", None)
+    name = type(error).__name__
+    if sqlstate in _CONFLICT_STATES or isinstance(
+        error, (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+    ):
+        return TransactionConflict(
+            f"the database gave up on this transaction ({name}, SQLSTATE {sqlstate}); "
+            "nothing was committed: retry the scope",
+            sqlstate=sqlstate,
+        )
+    if sqlstate is not None and sqlstate.startswith("23"):
+        return ConstraintViolation(
+            f"the database refused the write: {name} on {constraint or 'a constraint'} "
+            f"(SQLSTATE {sqlstate})",
+            sqlstate=sqlstate,
+            constraint=constraint,
+        )
+    return DatabaseError(
+        f"the database refused the statement: {name} (SQLSTATE {sqlstate})",
+        sqlstate=sqlstate,
+        constraint=constraint,
+    )
+
+
+#: What database_error translates: the server's errors, the driver's
+#: argument-encoding errors (an InterfaceError, not the server's DataError),
+#: and lost connections.
+DRIVER_ERRORS = (asyncpg.PostgresError, *CONNECTION_FAILURES)
+
+
+def _chain(error: BaseException) -> BaseException | None:
+    """Keep a lost connection's cause for debugging; drop a server error, which may quote values."""
+    if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ArgumentError):
+        return error
+    return None
+
+
+def fetcher(raw: Any) -> Any:
+    """``raw.fetch`` raising the project's typed errors, for a caller's own transaction."""
+
+    async def fetch(sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await raw.fetch(sql, *args)
+        except DRIVER_ERRORS as error:
+            raise database_error(error) from _chain(error)
+
+    return fetch
+
+
 class ScopeConnection:
     """A pooled connection whose transaction (and RLS setting) begins on first write."""
 
@@ -67,14 +139,14 @@ class ScopeConnection:
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return await self.raw.fetch(sql, *args)
-        except CONNECTION_FAILURES as error:
-            raise connection_lost(error) from error
+        except DRIVER_ERRORS as error:
+            raise database_error(error) from _chain(error)
 
     async def _execute(self, sql: str) -> None:
         try:
             await self.raw.execute(sql)
-        except CONNECTION_FAILURES as error:
-            raise connection_lost(error) from error
+        except DRIVER_ERRORS as error:
+            raise database_error(error) from _chain(error)
 
     async def begin(self) -> None:
         self._check_task()

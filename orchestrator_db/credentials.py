@@ -2,27 +2,40 @@
 
 Making them methods of the scope means no tenant operation can run outside
 one. Inputs are validated by the pydantic input models before any SQL, and
-secrets are encrypted with AAD that binds each envelope to its row id,
-column and user, so the row id is chosen here, before encryption.
+secrets are sealed as envelopes bound to everything that identifies them
+(crypto/envelopes.py), so the row id is chosen here, before encryption.
+
+:func:`write_credential` is the one write path for a credential's secrets:
+``UserScope.put_credential`` and the admin's secret form both call it, with
+their own connection and transaction, so both take the same locks and raise
+the same errors.
+
+Every table and function name in this module's SQL is schema-qualified, so
+a temp table or a same-named object earlier on the search_path cannot stand
+in for ours.
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from pydantic import TypeAdapter
 
 from orchestrator_db.connection import ScopeConnection
-from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, seal, unseal
+from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, cells, row_cells, seal, unseal
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import (
     AccountExists,
     AccountNotFound,
+    ConstraintViolation,
     CredentialNotFound,
     ScopeError,
+    TransactionConflict,
     UserNotFound,
 )
 from orchestrator_db.models import (
@@ -30,24 +43,27 @@ from orchestrator_db.models import (
     UserAccount,
     UserAccountCreate,
     UserCredential,
+    UserCredentialInput,
     validate_credential_input,
 )
 from orchestrator_db.tables import UserAccounts
 
-ACCOUNTS = UserAccounts._meta.tablename
-CREDENTIALS = CREDENTIALS_TABLE
+SCHEMA = "public"
+ACCOUNTS = f"{SCHEMA}.{UserAccounts._meta.tablename}"
+CREDENTIALS = f"{SCHEMA}.{CREDENTIALS_TABLE}"
+_FUNCTIONS = f"{SCHEMA}.orchestrator_db"
 
 _credential_type = TypeAdapter(CredentialType)
 
 # Reads: a one-statement form for a scope that has not begun (the scoped
 # function sets the user itself) and a plain form for inside the transaction.
-_ACCOUNT_ONE_SHOT = "SELECT * FROM orchestrator_db_scoped_account($1)"
+_ACCOUNT_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_account($1)"
 _ACCOUNT_IN_TX = f"SELECT * FROM {ACCOUNTS} WHERE user_id = $1"
-_CREDENTIAL_ONE_SHOT = "SELECT * FROM orchestrator_db_scoped_credential($1, $2)"
+_CREDENTIAL_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credential($1, $2)"
 _CREDENTIAL_IN_TX = (
     f"SELECT * FROM {CREDENTIALS} WHERE user_id = $1 AND credential_type = $2"
 )
-_CREDENTIALS_ONE_SHOT = "SELECT * FROM orchestrator_db_scoped_credentials($1)"
+_CREDENTIALS_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credentials($1)"
 _CREDENTIALS_IN_TX = (
     f"SELECT * FROM {CREDENTIALS} WHERE user_id = $1 ORDER BY credential_type"
 )
@@ -56,20 +72,31 @@ _INSERT_ACCOUNT = (
     f"INSERT INTO {ACCOUNTS} (user_id, account_name) VALUES ($1, $2) RETURNING *"
 )
 # The account id and the existing credential's id, if any, that row locked
-# until commit; first writers of a type queue on the account row instead.
-# See its migration.
-_LOCK_SLOT = "SELECT account_id, credential_id FROM orchestrator_db_credential_slot($1, $2)"
+# until commit; a first write locks the account row instead, so first
+# writers of a type queue one behind the other. See its migrations.
+_LOCK_SLOT = (
+    f"SELECT account_id, credential_id FROM {_FUNCTIONS}_credential_slot($1, $2)"
+)
+# ON CONFLICT DO NOTHING: should a row of this type appear despite the lock
+# (a writer that bypasses this path), the insert returns nothing and the
+# write path looks again, instead of aborting the transaction.
 _INSERT_CREDENTIAL = f"""
 INSERT INTO {CREDENTIALS}
     (id, user_account_id, user_id, credential_type, api_key, secret_key, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT DO NOTHING
 RETURNING *
 """
+# The row's identifying fields are matched as well as its id, so the
+# envelopes (bound to them) cannot land on a row they do not fit. The old
+# is_active and expires_at come back for the admin's audit entry.
 _REPLACE_CREDENTIAL = f"""
-UPDATE {CREDENTIALS}
+UPDATE {CREDENTIALS} AS c
 SET api_key = $3, secret_key = $4, expires_at = $5, is_active = true
-WHERE id = $1 AND user_id = $2
-RETURNING *
+FROM (SELECT o.id, o.is_active, o.expires_at FROM {CREDENTIALS} AS o WHERE o.id = $1) AS old
+WHERE c.id = $1 AND old.id = c.id AND c.user_id = $2
+  AND c.user_account_id = $6 AND c.credential_type = $7
+RETURNING c.*, old.is_active AS previous_is_active, old.expires_at AS previous_expires_at
 """
 _DEACTIVATE = (
     f"UPDATE {CREDENTIALS} SET is_active = false "
@@ -79,6 +106,104 @@ _DELETE_CREDENTIAL = (
     f"DELETE FROM {CREDENTIALS} WHERE user_id = $1 AND credential_type = $2 RETURNING id"
 )
 _DELETE_ACCOUNT = f"DELETE FROM {ACCOUNTS} WHERE user_id = $1 RETURNING id"
+
+#: Runs one statement in the caller's transaction and returns its rows,
+#: raising the project's typed errors (see connection.database_error).
+Fetch = Callable[..., Awaitable[list[asyncpg.Record]]]
+
+# A slot that changes under us is looked up again, at most this many times.
+_WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class WrittenCredential:
+    """What :func:`write_credential` stored: the row, and what it replaced."""
+
+    row: asyncpg.Record
+    replaced: bool
+    #: is_active and expires_at before a replace; None for a first write.
+    previous: dict[str, Any] | None
+
+
+async def write_credential(
+    fetch: Fetch, user_id: str, data: UserCredentialInput
+) -> WrittenCredential:
+    """Lock the credential's slot, seal the secrets for it and write them.
+
+    The one write path, for the API and the admin. ``fetch`` runs in the
+    caller's transaction (a scope's, or the operator's), which must commit
+    for the write to last. Raises AccountNotFound if the user has no
+    account (including one deleted while this write waited for it).
+    """
+    ring = get_key_ring()
+    secrets = {
+        "api_key": data.api_key.get_secret_value(),
+        "secret_key": data.secret_key.get_secret_value(),
+    }
+    for _ in range(_WRITE_ATTEMPTS):
+        slot = await fetch(_LOCK_SLOT, user_id, data.credential_type)
+        if not slot:
+            raise AccountNotFound(f"user {user_id!r} has no account; call create_account first")
+        account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
+        row_id = existing_id if existing_id is not None else uuid.uuid4()
+        cell = cells(
+            row_id=row_id,
+            user_id=user_id,
+            account_id=account_id,
+            credential_type=data.credential_type,
+        )
+        sealed = {column: seal(ring, secrets[column], cell[column]) for column in cell}
+        if existing_id is not None:
+            rows = await fetch(
+                _REPLACE_CREDENTIAL,
+                existing_id,
+                user_id,
+                sealed["api_key"],
+                sealed["secret_key"],
+                data.expires_at,
+                account_id,
+                data.credential_type,
+            )
+            if rows:
+                row = rows[0]
+                previous = {
+                    "is_active": row["previous_is_active"],
+                    "expires_at": row["previous_expires_at"],
+                }
+                return WrittenCredential(row, True, previous)
+        else:
+            rows = await fetch(
+                _INSERT_CREDENTIAL,
+                row_id,
+                account_id,
+                user_id,
+                data.credential_type,
+                sealed["api_key"],
+                sealed["secret_key"],
+                data.expires_at,
+            )
+            if rows:
+                return WrittenCredential(rows[0], False, None)
+        # The slot changed under us (the locks make this impossible for
+        # writers on this path): look again, with a fresh snapshot.
+    raise TransactionConflict(
+        f"the {data.credential_type!r} credential kept changing during the write; "
+        "nothing was committed by this call: retry the scope"
+    )
+
+
+def _unexpired(expires_at: datetime.datetime | None, now: datetime.datetime) -> bool:
+    moment = _aware(expires_at)
+    return moment is None or moment > now
+
+
+def _aware(moment: datetime.datetime | None) -> datetime.datetime | None:
+    """asyncpg reads timestamptz 'infinity' and '-infinity' back as naive
+    datetime.max and datetime.min; as UTC they compare like any other time
+    (never expires, already expired)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
 
 
 def _now() -> datetime.datetime:
@@ -110,10 +235,12 @@ class UserScope:
             rows = await self._connection.fetch(
                 _INSERT_ACCOUNT, self.user_id, data.account_name
             )
-        except asyncpg.UniqueViolationError:
-            raise AccountExists(f"user {self.user_id!r} already has an account") from None
-        except asyncpg.ForeignKeyViolationError:
-            raise UserNotFound(f"no Better Auth user {self.user_id!r}") from None
+        except ConstraintViolation as error:
+            if error.sqlstate == "23505":  # unique_violation
+                raise AccountExists(f"user {self.user_id!r} already has an account") from None
+            if error.sqlstate == "23503":  # foreign_key_violation
+                raise UserNotFound(f"no Better Auth user {self.user_id!r}") from None
+            raise
         return UserAccount.model_validate(dict(rows[0]))
 
     async def get_account(self) -> UserAccount:
@@ -145,47 +272,10 @@ class UserScope:
             secret_key=secret_key,
             expires_at=expires_at,
         )
-        slot = await self._connection.fetch(
-            _LOCK_SLOT, self.user_id, data.credential_type
+        written = await write_credential(self._connection.fetch, self.user_id, data)
+        return self._model(
+            written.row, data.api_key.get_secret_value(), data.secret_key.get_secret_value()
         )
-        if not slot:
-            raise AccountNotFound(
-                f"user {self.user_id!r} has no account; call create_account first"
-            )
-        account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
-        api_key_value = data.api_key.get_secret_value()
-        secret_key_value = data.secret_key.get_secret_value()
-        if existing_id is not None:
-            api_envelope, secret_envelope = self._encrypt(
-                existing_id, api_key_value, secret_key_value
-            )
-            rows = await self._connection.fetch(
-                _REPLACE_CREDENTIAL,
-                existing_id,
-                self.user_id,
-                api_envelope,
-                secret_envelope,
-                data.expires_at,
-            )
-            if rows:
-                return self._model(rows[0], api_key_value, secret_key_value)
-            # The lookup locked the row, so it cannot have gone; should a
-            # future change break that, the slot is free and ours: insert.
-        row_id = uuid.uuid4()
-        api_envelope, secret_envelope = self._encrypt(
-            row_id, api_key_value, secret_key_value
-        )
-        rows = await self._connection.fetch(
-            _INSERT_CREDENTIAL,
-            row_id,
-            account_id,
-            self.user_id,
-            data.credential_type,
-            api_envelope,
-            secret_envelope,
-            data.expires_at,
-        )
-        return self._model(rows[0], api_key_value, secret_key_value)
 
     async def get_credential(self, credential_type: str) -> UserCredential:
         """The active, unexpired credential, decrypted; else CredentialNotFound."""
@@ -198,7 +288,7 @@ class UserScope:
         row = rows[0]
         if not row["is_active"]:
             raise CredentialNotFound(credential_type, "inactive")
-        expires_at = row["expires_at"]
+        expires_at = _aware(row["expires_at"])
         if expires_at is not None and expires_at <= _now():
             raise CredentialNotFound(credential_type, "expired")
         return self._decrypted(row)
@@ -216,7 +306,7 @@ class UserScope:
                 row
                 for row in rows
                 if row["is_active"]
-                and (row["expires_at"] is None or row["expires_at"] > now)
+                and _unexpired(row["expires_at"], now)
             ]
         return [self._decrypted(row) for row in rows]
 
@@ -234,25 +324,25 @@ class UserScope:
 
     # Crypto #################################################################
 
-    def _encrypt(self, row_id: uuid.UUID, api_key: str, secret_key: str) -> tuple[str, str]:
-        ring = get_key_ring()
-        return (
-            seal(ring, api_key, column="api_key", row_id=row_id, user_id=self.user_id),
-            seal(ring, secret_key, column="secret_key", row_id=row_id, user_id=self.user_id),
-        )
-
     def _decrypted(self, row: asyncpg.Record) -> UserCredential:
         if row["user_id"] != self.user_id:  # RLS makes this impossible; be sure.
             raise ScopeError("the database returned another user's row")
         ring = get_key_ring()
-        cell = {"row_id": row["id"], "user_id": self.user_id}
-        api_key = unseal(ring, row["api_key"], column="api_key", **cell)
-        secret_key = unseal(ring, row["secret_key"], column="secret_key", **cell)
+        cell = row_cells(row)
+        api_key = unseal(ring, row["api_key"], cell["api_key"])
+        secret_key = unseal(ring, row["secret_key"], cell["secret_key"])
         return self._model(row, api_key, secret_key)
 
     @staticmethod
     def _model(row: asyncpg.Record, api_key: str, secret_key: str) -> UserCredential:
-        values: dict[str, Any] = dict(row)
+        values: dict[str, Any] = {
+            key: row[key] for key in _CREDENTIAL_FIELDS if key not in _SECRET_FIELDS
+        }
+        values["expires_at"] = _aware(values["expires_at"])
         values["api_key"] = api_key
         values["secret_key"] = secret_key
         return UserCredential.model_validate(values)
+
+
+_CREDENTIAL_FIELDS = tuple(UserCredential.model_fields)
+_SECRET_FIELDS = frozenset({"api_key", "secret_key"})

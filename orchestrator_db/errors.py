@@ -72,3 +72,26 @@ class NotAuthenticated(OrchestratorDBError):
 
 class ConnectionLost(OrchestratorDBError, ConnectionError):
     """The database connection failed mid-scope; the scope can be retried."""
+
+
+class DatabaseError(OrchestratorDBError):
+    """The database refused a statement for a reason the API did not foresee.
+
+    ``sqlstate`` and ``constraint`` name what failed; the message never
+    carries a value (the driver's own message can quote one, so it is dropped).
+    """
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, constraint: str | None = None
+    ) -> None:
+        self.sqlstate = sqlstate
+        self.constraint = constraint
+        super().__init__(message)
+
+
+class ConstraintViolation(DatabaseError):
+    """A write broke a constraint of the schema (unique, foreign key, check, not null)."""
+
+
+class TransactionConflict(DatabaseError):
+    """A serialization failure or deadlock: nothing was committed; retry the scope."""

@@ -61,7 +61,34 @@ def _storable(value: str) -> str:
 
 
 def _storable_secret(value: SecretStr) -> SecretStr:
-    _storable(value.get_secret_value())
+    text = value.get_secret_value()
+    _storable(text)
+    if not text.strip():
+        # The message names the rule, never the value.
+        raise ValueError("must not be empty or whitespace only")
+    return value
+
+
+_UTC = datetime.timezone.utc
+# asyncpg stores these two as 'infinity' and '-infinity', so neither is a
+# moment; nor is anything whose UTC equivalent falls outside Python's range.
+_UNSTORABLE_MOMENTS = (
+    datetime.datetime.max.replace(tzinfo=_UTC),
+    datetime.datetime.min.replace(tzinfo=_UTC),
+)
+
+
+def _storable_moment(value: datetime.datetime) -> datetime.datetime:
+    """A moment PostgreSQL stores as itself: strictly between datetime.min and max in UTC."""
+    try:
+        in_utc = value.astimezone(_UTC)
+    except (OverflowError, ValueError):
+        in_utc = None
+    if in_utc is None or in_utc in _UNSTORABLE_MOMENTS:
+        raise ValueError(
+            "must be a moment between years 1 and 9999 in UTC; "
+            "for a credential that never expires, pass None"
+        )
     return value
 
 
@@ -91,6 +118,11 @@ Secret = Annotated[
     StringConstraints(min_length=1, max_length=SECRET_MAX_LENGTH),
     AfterValidator(_storable_secret),
 ]
+
+#: A timezone-aware datetime, nothing else (no ints, floats, strings or
+#: bytes), that PostgreSQL can store as that moment. "Never expires" is None,
+#: and only None.
+ExpiresAt = Annotated[AwareDatetime, Strict(), AfterValidator(_storable_moment)]
 
 _READ_CONFIG = ConfigDict(from_attributes=True, hide_input_in_errors=True)
 # hide_input_in_errors: a ValidationError must never echo a secret back.
@@ -152,7 +184,7 @@ class UserCredentialInput(BaseModel):
     credential_type: CredentialType
     api_key: Secret
     secret_key: Secret
-    expires_at: AwareDatetime | None = None
+    expires_at: ExpiresAt | None = None
 
 
 _SECRET_FIELDS = frozenset({"api_key", "secret_key"})

@@ -11,6 +11,11 @@ whole batches behind. Batches walk the primary key in order (keyset
 pagination), so each pass reads every row at most once and memory stays flat
 whatever the size of the table. Rows that are already current are never
 touched, which makes a re-run finish what is left and nothing more.
+
+Rotation also upgrades the envelope format: a v1 envelope is re-sealed as
+v2 (bound to every identifying field, see crypto/envelopes.py) even when
+its key is already the active one, and the admin's MFA secrets are re-sealed
+the same way (see crypto/mfa.py). Every name in the SQL is schema-qualified.
 """
 
 from __future__ import annotations
@@ -22,15 +27,29 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE as CREDENTIALS
-from orchestrator_db.crypto.envelopes import SECRET_COLUMNS, seal, unseal
-from orchestrator_db.crypto.keyring import KeyRing, is_envelope
+from orchestrator_db.crypto import mfa
+from orchestrator_db.crypto.envelopes import (
+    CREDENTIALS_TABLE,
+    SECRET_COLUMNS,
+    row_cells,
+    seal,
+    unseal,
+)
+from orchestrator_db.crypto.keyring import (
+    CURRENT_VERSION,
+    KeyRing,
+    envelope_sql_predicate,
+    is_envelope,
+)
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import ConfigurationError, DecryptionError
 
 __all__ = [
     "PLAINTEXT",
     "BatchProgress",
+    "envelope_counts",
+    "format_counts",
+    "rotate_mfa_secrets",
     "ReencryptResult",
     "encrypt_plaintext",
     "key_status",
@@ -45,41 +64,31 @@ PLAINTEXT = "(plaintext)"
 
 DEFAULT_BATCH_SIZE = 500
 
-# The SQL twin of crypto.is_envelope: "v1", a key id of 1-32 characters, a
-# base64url body of at least 28 bytes (38 characters) whose length is not
-# 1 mod 4. Lengths are checked with split_part, not with bounded regex
-# repeats ({1,32}), which PostgreSQL's regex engine runs 15x slower.
-# Bracketed dots keep the pattern free of backslashes, so no string-escaping
-# mode matters.
-_ENVELOPE_SHAPE = "'^v1[.][A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$'"
+CREDENTIALS = f"public.{CREDENTIALS_TABLE}"
 
-
-def _is_envelope_sql(column: str) -> str:
-    key_id, body = f"split_part({column}, '.', 2)", f"split_part({column}, '.', 3)"
-    return (
-        f"({column} ~ {_ENVELOPE_SHAPE} AND length({key_id}) <= 32 "
-        f"AND length({body}) >= 38 AND length({body}) % 4 <> 1)"
-    )
-
-
-_KEY_STATUS = f"""
-SELECT CASE WHEN {_is_envelope_sql('v.value')} THEN split_part(v.value, '.', 2) END
-           AS key_id,
-       count(*) AS n
+_ENVELOPE_COUNTS = f"""
+SELECT CASE WHEN {envelope_sql_predicate('v.value')}
+            THEN pg_catalog.split_part(v.value, '.', 1) END AS version,
+       CASE WHEN {envelope_sql_predicate('v.value')}
+            THEN pg_catalog.split_part(v.value, '.', 2) END AS key_id,
+       pg_catalog.count(*) AS n
 FROM {CREDENTIALS} CROSS JOIN LATERAL (VALUES (api_key), (secret_key)) AS v(value)
-GROUP BY 1
+GROUP BY 1, 2
 """
 
-# $1 is the LIKE pattern of the active key's envelopes.
-_NOT_UNDER_ACTIVE_KEY = "(api_key NOT LIKE $1 OR secret_key NOT LIKE $1)"
-_NOT_ALL_ENCRYPTED = f"NOT ({_is_envelope_sql('api_key')} AND {_is_envelope_sql('secret_key')})"
+# $1 is the LIKE pattern of current-format envelopes under the active key.
+_NOT_CURRENT = "(api_key NOT LIKE $1 OR secret_key NOT LIKE $1)"
+_NOT_ALL_ENCRYPTED = (
+    f"NOT ({envelope_sql_predicate('api_key')} AND {envelope_sql_predicate('secret_key')})"
+)
 
 # One round trip per batch. "c.id = ANY($1)" lets the planner find the rows
 # by primary key; with the join condition alone it hashes the whole table.
 _UPDATE_BATCH = f"""
 UPDATE {CREDENTIALS} AS c
 SET api_key = u.api_key, secret_key = u.secret_key
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, api_key, secret_key)
+FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::text[]),
+                pg_catalog.unnest($3::text[])) AS u(id, api_key, secret_key)
 WHERE c.id = u.id AND c.id = ANY($1::uuid[])
 """
 
@@ -121,16 +130,44 @@ _Transform = Callable[[asyncpg.Record], tuple[str, str, int]]
 # Key status ##################################################################
 
 
+async def envelope_counts(connection: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """Stored values per (format version, key id), over both secret columns, in one scan.
+
+    Values that are not envelopes count under ``("", PLAINTEXT)``.
+    """
+    await _require_all_rows_visible(connection)
+    rows = await connection.fetch(_ENVELOPE_COUNTS)
+    counts = {
+        (row["version"] or "", row["key_id"] or PLAINTEXT): row["n"] for row in rows
+    }
+    return dict(sorted(counts.items()))
+
+
+def by_key(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Values per key id (any format); :data:`PLAINTEXT` for values that are not envelopes."""
+    out: dict[str, int] = {}
+    for (_, key_id), n in counts.items():
+        out[key_id] = out.get(key_id, 0) + n
+    return dict(sorted(out.items()))
+
+
+def format_counts(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Envelopes per format version ("v1", "v2"); plaintext is not counted."""
+    out: dict[str, int] = {}
+    for (version, _), n in counts.items():
+        if version:
+            out[version] = out.get(version, 0) + n
+    return dict(sorted(out.items()))
+
+
 async def key_status(connection: asyncpg.Connection) -> dict[str, int]:
     """Stored values per key id, over both secret columns, in one scan.
 
     Values that are not envelopes count under :data:`PLAINTEXT`. A key id
     absent from the result encrypts nothing and can be retired.
+    :func:`envelope_counts` also splits them by format version.
     """
-    await _require_all_rows_visible(connection)
-    rows = await connection.fetch(_KEY_STATUS)
-    counts = {row["key_id"] or PLAINTEXT: row["n"] for row in rows}
-    return dict(sorted(counts.items()))
+    return by_key(await envelope_counts(connection))
 
 
 def missing_key_ids(counts: dict[str, int], key_ring: KeyRing) -> list[str]:
@@ -166,28 +203,62 @@ async def rotate_keys(
     ring = key_ring if key_ring is not None else get_key_ring()
     active = ring.active_key_id
     # '_' is a LIKE wildcard and may occur in a key id.
-    pattern = "v1." + active.replace("_", r"\_") + ".%"
+    pattern = f"{CURRENT_VERSION}." + active.replace("_", r"\_") + ".%"
 
     def rotate(row: asyncpg.Record) -> tuple[str, str, int]:
-        context = _context(row)
+        cell = row_cells(row)
         values, changed = [], 0
         for column in SECRET_COLUMNS:
             value = row[column]
             if not is_envelope(value):
                 raise DecryptionError(
-                    f"cannot rotate {CREDENTIALS}.{column} of row {context['row_id']!r}: "
+                    f"cannot rotate {CREDENTIALS_TABLE}.{column} of row {str(row['id'])!r}: "
                     "it is not encrypted; run `piccolo orchestrator_db encrypt_plaintext` first"
                 )
-            if ring.key_id_of(value) != active:
-                plaintext = unseal(ring, value, column=column, **context)
-                value = seal(ring, plaintext, column=column, **context)
+            if not ring.is_current(value):
+                plaintext = unseal(ring, value, cell[column])
+                value = seal(ring, plaintext, cell[column])
                 changed += 1
             values.append(value)
         return values[0], values[1], changed
 
     return await _reencrypt(
-        connection, ring, _NOT_UNDER_ACTIVE_KEY, [pattern], rotate, batch_size, progress
+        connection, ring, _NOT_CURRENT, [pattern], rotate, batch_size, progress
     )
+
+
+async def rotate_mfa_secrets(
+    connection: asyncpg.Connection, key_ring: KeyRing | None = None
+) -> int:
+    """Re-seal the admin's stored MFA secrets under the active key, in the v2 format.
+
+    Legacy ``odbmfa-<key_id>.<body>`` values are read by the one legacy
+    reader (crypto/mfa.py) here and nowhere else. One transaction; the table
+    is small (one row per enrolled operator). Returns how many were re-sealed.
+    A table that does not exist (the admin never migrated) counts as empty.
+    """
+    ring = key_ring if key_ring is not None else get_key_ring()
+    await _require_all_rows_visible(connection)
+    table = await connection.fetchval(
+        "SELECT pg_catalog.to_regclass($1)::text", mfa.SECRET_TABLE
+    )
+    if table is None:
+        return 0
+    changed = 0
+    async with connection.transaction():
+        rows = await connection.fetch(
+            f"SELECT id, secret FROM {mfa.SECRET_TABLE} ORDER BY id FOR UPDATE"
+        )
+        for row in rows:
+            value = row["secret"]
+            if value is None or mfa.is_current(ring, value):
+                continue
+            resealed = mfa.reseal(ring, value)
+            await connection.execute(
+                f"UPDATE {mfa.SECRET_TABLE} SET secret = $1 WHERE id = $2", resealed, row["id"]
+            )
+            changed += 1
+    return changed
 
 
 async def encrypt_plaintext(
@@ -205,12 +276,12 @@ async def encrypt_plaintext(
     ring = key_ring if key_ring is not None else get_key_ring()
 
     def encrypt(row: asyncpg.Record) -> tuple[str, str, int]:
-        context = _context(row)
+        cell = row_cells(row)
         values, changed = [], 0
         for column in SECRET_COLUMNS:
             value = row[column]
             if not is_envelope(value):
-                value = seal(ring, value, column=column, **context)
+                value = seal(ring, value, cell[column])
                 changed += 1
             values.append(value)
         return values[0], values[1], changed
@@ -221,18 +292,13 @@ async def encrypt_plaintext(
 # The batch engine ############################################################
 
 
-def _context(row: asyncpg.Record) -> dict[str, str]:
-    """The row half of the cell each value is sealed for (see envelopes.py)."""
-    return {"row_id": str(row["id"]), "user_id": row["user_id"]}
-
-
 async def _require_all_rows_visible(connection: asyncpg.Connection) -> None:
     # Only BYPASSRLS (or superuser) sees every user's rows. A broken policy
     # setup is no substitute: a missing policy hides every row, and the run
     # would report success having touched nothing.
     role = await connection.fetchrow(
         "SELECT rolname, rolsuper OR rolbypassrls AS sees_all "
-        "FROM pg_roles WHERE rolname = current_user"
+        "FROM pg_catalog.pg_roles WHERE rolname = current_user"
     )
     if not role["sees_all"]:
         raise ConfigurationError(
@@ -247,11 +313,14 @@ class _Run:
 
     def __init__(self, where: str, args: Sequence[object], progress: Progress | None) -> None:
         n = len(args)
-        columns = f"SELECT id, user_id, api_key, secret_key FROM {CREDENTIALS} WHERE "
+        columns = (
+            "SELECT id, user_id, user_account_id, credential_type, api_key, secret_key "
+            f"FROM {CREDENTIALS} WHERE "
+        )
         locked_batch = f" ORDER BY id LIMIT ${n + 1} FOR UPDATE SKIP LOCKED"
         self.select_first = columns + where + locked_batch
         self.select_after = columns + f"id > ${n + 2} AND " + where + locked_batch
-        self.count_left = f"SELECT count(*) FROM {CREDENTIALS} WHERE {where}"
+        self.count_left = f"SELECT pg_catalog.count(*) FROM {CREDENTIALS} WHERE {where}"
         self.args = args
         self.progress = progress
         self.rows = self.values = self.batches = 0

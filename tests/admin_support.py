@@ -22,8 +22,10 @@ import httpx
 from helpers import ROOT, TestDatabase
 from piccolo.apps.user.tables import BaseUser
 
-#: An encryption envelope as crypto.py writes it (key id, then >= 28 bytes of body).
-ENVELOPE = re.compile(r"v1\.[A-Za-z0-9_-]{1,32}\.[A-Za-z0-9_-]{20,}")
+from orchestrator_db.crypto.keyring import ENVELOPE_PATTERN
+
+#: An encryption envelope, as crypto/keyring.py defines it.
+ENVELOPE = re.compile(ENVELOPE_PATTERN)
 ARTIFACTS = ROOT / "test-artifacts"
 
 

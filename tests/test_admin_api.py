@@ -487,7 +487,7 @@ async def test_mfa_enrollment_encrypts_secret_and_guards_login(server, fresh_ope
     assert enrolled.status_code == 200, enrolled.text
 
     stored = await owner.fetchval("SELECT secret FROM authenticator_secret WHERE user_id = $1", operator.id)
-    assert stored.startswith(f"odbmfa-{get_key_ring().active_key_id}.")
+    assert stored.startswith(f"odbmfa-v2.{get_key_ring().active_key_id}.")
     totp_secret = KeyRingMFAEncryption(get_key_ring()).decrypt(stored)
     assert totp_secret not in stored
     [entry] = await owner.fetch(
@@ -544,7 +544,7 @@ def test_mfa_encryption_survives_rotation_and_detects_tampering() -> None:
 
     assert "JBSWY3DPEHPK3PXP" not in sealed
     assert after.decrypt(sealed) == "JBSWY3DPEHPK3PXP"
-    assert after.encrypt("x").startswith("odbmfa-new.")
+    assert after.encrypt("x").startswith("odbmfa-v2.new.")
     tampered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
     with pytest.raises(DecryptionError):
         after.decrypt(tampered)

@@ -24,6 +24,7 @@ from orchestrator_db import (
     UserNotFound,
     user_scope,
 )
+from orchestrator_db.crypto.envelopes import row_cells, unseal
 from orchestrator_db.crypto.providers import get_key_ring
 
 FUZZ = settings(
@@ -152,11 +153,11 @@ async def _stored(owner: asyncpg.Pool, user_id: str) -> dict[str, tuple[object, 
     ring = get_key_ring()
     stored = {}
     for row in await owner.fetch("SELECT * FROM user_credentials WHERE user_id = $1", user_id):
-        context = {"table": "user_credentials", "row_id": str(row["id"]), "user_id": user_id}
+        cell = row_cells(row)
         stored[row["credential_type"]] = (
             row["id"],
-            ring.decrypt(row["api_key"], column="api_key", **context),
-            ring.decrypt(row["secret_key"], column="secret_key", **context),
+            unseal(ring, row["api_key"], cell["api_key"]),
+            unseal(ring, row["secret_key"], cell["secret_key"]),
         )
     return stored
 

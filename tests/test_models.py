@@ -140,7 +140,7 @@ async def test_credential_model_validates_select_and_objects(user_with_account: 
     assert isinstance(from_row.api_key, SecretStr)
     # What the database holds is ciphertext, never the plaintext.
     envelope = from_row.api_key.get_secret_value()
-    assert envelope == rows[0]["api_key"] and envelope.startswith("v1.")
+    assert envelope == rows[0]["api_key"] and envelope.startswith("v2.")
     assert API_KEY not in envelope
     for text in (repr(from_row), str(from_row), from_row.model_dump_json()):
         assert_no_secret(text, rows[0]["api_key"], rows[0]["secret_key"])

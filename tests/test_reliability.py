@@ -36,6 +36,7 @@ from reliability_worker import (
 )
 
 from orchestrator_db import CredentialNotFound, user_scope
+from orchestrator_db.crypto.envelopes import row_cells, unseal
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.devdb import (
     EmbeddedPostgres,
@@ -84,10 +85,10 @@ async def _warm_pool() -> None:
 def _decrypt_row(row: asyncpg.Record) -> tuple[str, str]:
     """Both secrets of a stored row, opened with the AAD that binds them to it."""
     ring = get_key_ring()
-    context = {"table": "user_credentials", "row_id": str(row["id"]), "user_id": row["user_id"]}
+    cell = row_cells(row)
     return (
-        ring.decrypt(row["api_key"], column="api_key", **context),
-        ring.decrypt(row["secret_key"], column="secret_key", **context),
+        unseal(ring, row["api_key"], cell["api_key"]),
+        unseal(ring, row["secret_key"], cell["secret_key"]),
     )
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from legacy_formats import v1_envelope
 
 from orchestrator_db import DecryptionError, close_pool, open_pool, user_scope
+from orchestrator_db.crypto.envelopes import cells, row_cells, seal, unseal
 from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
 from orchestrator_db.crypto.providers import use_key_ring
 from orchestrator_db.devdb.provisioning import drop_provisioned_database, provision_database
@@ -33,7 +35,10 @@ from orchestrator_db.errors import ConfigurationError
 from orchestrator_db.rotation import (
     PLAINTEXT,
     BatchProgress,
+    by_key,
     encrypt_plaintext,
+    envelope_counts,
+    format_counts,
     key_status,
     retirable_key_ids,
     rotate_keys,
@@ -176,11 +181,13 @@ async def seed(
     prefix: str,
     users: int,
     types: tuple[str, ...] = ("alpaca",),
+    v1_entry: str | None = None,
 ) -> Expected:
     """Bulk-load users, accounts and credentials as the owner would (COPY-like).
 
     Values are sealed with ``key_ring`` exactly as the store seals them, or
-    stored as plaintext when it is None (a deployment of the original plan).
+    stored as plaintext when it is None (a deployment of the original plan),
+    or, given ``v1_entry`` (a ring entry), as v1 envelopes under that key.
     """
     start = await owner.fetchval('SELECT count(*) FROM "user" WHERE id LIKE $1', prefix + "-%")
     user_ids = [f"{prefix}-{start + i:05d}" for i in range(users)]
@@ -205,9 +212,18 @@ async def seed(
             secret_key = f"sk-{secrets.token_urlsafe(12)}"
             expected[(user_id, credential_type)] = (api_key, secret_key)
             if key_ring is not None:
-                context = {"table": "user_credentials", "row_id": str(row_id), "user_id": user_id}
-                api_key = key_ring.encrypt(api_key, column="api_key", **context)
-                secret_key = key_ring.encrypt(secret_key, column="secret_key", **context)
+                cell = cells(
+                    row_id=row_id,
+                    user_id=user_id,
+                    account_id=account_id,
+                    credential_type=credential_type,
+                )
+                if v1_entry is not None:
+                    api_key = v1_envelope(v1_entry, api_key, cell["api_key"])
+                    secret_key = v1_envelope(v1_entry, secret_key, cell["secret_key"])
+                else:
+                    api_key = seal(key_ring, api_key, cell["api_key"])
+                    secret_key = seal(key_ring, secret_key, cell["secret_key"])
             for column, value in zip(
                 columns, (row_id, account_id, user_id, credential_type, api_key, secret_key)
             ):
@@ -233,7 +249,7 @@ async def assert_readable(expected: Expected, key_ring: KeyRing) -> None:
 
 async def my_rows(owner: asyncpg.Pool, keys: Keys) -> list[asyncpg.Record]:
     return await owner.fetch(
-        "SELECT id, user_id, credential_type, api_key, secret_key, updated_at "
+        "SELECT id, user_id, user_account_id, credential_type, api_key, secret_key, updated_at "
         "FROM user_credentials WHERE user_id LIKE $1 ORDER BY id",
         keys.prefix + "-%",
     )
@@ -320,20 +336,17 @@ async def test_rerun_touches_only_what_is_not_current(keys, owner, operator):
     assert await my_rows(owner, keys) == snapshot  # not even updated_at moved
 
     stale = snapshot[30]  # put one value back under the old key
-    context = {"table": "user_credentials", "row_id": str(stale["id"]), "user_id": stale["user_id"]}
+    cell = row_cells(stale)["secret_key"]
     await owner.execute(
         "UPDATE user_credentials SET secret_key = $2 WHERE id = $1",
         stale["id"],
-        keys.old.encrypt("sk-half-stale", column="secret_key", **context),
+        seal(keys.old, "sk-half-stale", cell),
     )
     result = await rotate_keys(operator, keys.new, batch_size=25)
     assert (result.rows, result.values) == (1, 1)
     fixed = next(row for row in await my_rows(owner, keys) if row["id"] == stale["id"])
     assert fixed["api_key"] == stale["api_key"]
-    assert (
-        keys.new_only.decrypt(fixed["secret_key"], column="secret_key", **context)
-        == "sk-half-stale"
-    )
+    assert unseal(keys.new_only, fixed["secret_key"], cell) == "sk-half-stale"
 
 
 async def test_rotation_concurrent_with_writes_loses_nothing(keys, owner, operator):
@@ -366,6 +379,58 @@ async def test_rotation_concurrent_with_writes_loses_nothing(keys, owner, operat
     stored = {(row["user_id"], row["credential_type"]) for row in await my_rows(owner, keys)}
     assert stored == set(expected)
     await assert_readable(expected, keys.new_only)
+
+
+async def test_rotation_upgrades_v1_to_v2_with_concurrent_writes(keys, owner, operator):
+    """Make sure rotate_keys re-seals v1 envelopes as v2 even under the active key, while writers run, losing nothing."""
+    expected = await seed(
+        owner, keys.old, keys.prefix, 60, ("alpaca", "polygon"), v1_entry=keys.old_entry
+    )
+    counts = await envelope_counts(operator)
+    assert format_counts(counts) == {"v1": 4 * 60}
+    await assert_readable(dict(list(expected.items())[:5]), keys.old)  # v1 still decrypts
+    users = sorted({user_id for user_id, _ in expected})
+    use_key_ring(keys.old)  # same key: only the format is stale
+    rotation = asyncio.create_task(rotate_keys(operator, keys.old, batch_size=4))
+    during_rotation = 0
+
+    async def writer(mine: list[str], number: int) -> None:
+        nonlocal during_rotation
+        i = 0
+        while not rotation.done() or i < 4:
+            user_id = mine[i % len(mine)]
+            credential_type = ("alpaca", "polygon", "tiingo")[(i // len(mine)) % 3]
+            values = (f"api-{number}-{i}", f"secret-{number}-{i}")
+            async with user_scope(user_id) as scope:
+                await scope.put_credential(credential_type, *values)
+            expected[(user_id, credential_type)] = values
+            during_rotation += not rotation.done()
+            i += 1
+
+    await asyncio.gather(*(writer(users[n::4], n) for n in range(4)))
+    result = await rotation
+
+    assert during_rotation >= 4
+    assert result.remaining == 0 and result.key_id == keys.old_id
+    after = await envelope_counts(operator)
+    assert format_counts(after) == {"v2": 2 * len(expected)}  # no v1 left
+    assert by_key(after) == {keys.old_id: 2 * len(expected)}
+    stored = {(row["user_id"], row["credential_type"]) for row in await my_rows(owner, keys)}
+    assert stored == set(expected)
+    await assert_readable(expected, keys.old)
+
+
+async def test_key_status_command_shows_format_versions(keys, owner, db):
+    """Make sure `key_status` prints envelopes per format version, and none of v1 after `rotate_keys`."""
+    await seed(owner, keys.old, keys.prefix, 3, v1_entry=keys.old_entry)
+    before = await asyncio.to_thread(piccolo, db.operator_url, keys.old_entry, "key_status")
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert line_for(before.stdout, "v1").split()[1] == "6"
+    rotated = await asyncio.to_thread(piccolo, db.operator_url, keys.old_entry, "rotate_keys")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    after = await asyncio.to_thread(piccolo, db.operator_url, keys.old_entry, "key_status")
+    assert line_for(after.stdout, "v1").split()[1] == "0"
+    assert line_for(after.stdout, "v2").split()[1] == "6"
 
 
 async def test_cancelled_rotation_then_rerun_completes(keys, owner, operator, db):
@@ -558,11 +623,10 @@ async def test_encrypt_plaintext_command_encrypts_legacy_rows(keys, owner, db, o
     lookalike = "v1.leakykid." + "A" * 36  # too short a body for nonce and tag
     odd_body = "v1.leakykid." + "A" * 41  # a length no base64url encoding has
     half = rows[0]  # api_key already an envelope, secret_key plaintext
-    context = {"table": "user_credentials", "row_id": str(half["id"]), "user_id": half["user_id"]}
     await owner.execute(
         "UPDATE user_credentials SET api_key = $2 WHERE id = $1",
         half["id"],
-        keys.new.encrypt(half["api_key"], column="api_key", **context),
+        seal(keys.new, half["api_key"], row_cells(half)["api_key"]),
     )
     await owner.execute(
         "UPDATE user_credentials SET api_key = $2, secret_key = $3 WHERE id = $1",

@@ -5,24 +5,18 @@
   for whoever the user table's ``login`` returns).
 - :class:`OperatorSession`: a sliding idle timeout on top of piccolo_api's
   sessions, which only know "extend when close to expiry".
-- :class:`KeyRingMFAEncryption`: TOTP secrets encrypted with a subkey derived
-  from our key ring, tagged with the key id so a key rotation keeps them
-  readable.
+- :class:`KeyRingMFAEncryption`: TOTP secrets sealed by our key ring in its
+  one envelope format, under their own HKDF purpose (crypto/mfa.py).
 - :class:`MFARequired`: when MFA is mandatory, an operator who has not
   enrolled can reach nothing but the MFA setup page.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import os
 import secrets
 from typing import Optional
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from piccolo.apps.user.tables import BaseUser
 from piccolo_api.encryption.providers import EncryptionProvider
 from piccolo_api.mfa.authenticator.tables import AuthenticatorSecret
@@ -31,8 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator_db.admin.audit import route_path
+from orchestrator_db.crypto import mfa
 from orchestrator_db.crypto.keyring import KeyRing
-from orchestrator_db.errors import DecryptionError
 
 #: Sessions end after this long without a request ...
 SESSION_IDLE = datetime.timedelta(minutes=30)
@@ -41,8 +35,7 @@ SESSION_MAX = datetime.timedelta(hours=8)
 #: The idle deadline is written back at most this often, not on every request.
 _SLIDE_GRANULARITY = datetime.timedelta(minutes=1)
 
-MFA_PURPOSE = "mfa"
-_NONCE_LEN = 12
+MFA_PURPOSE = mfa.PURPOSE
 
 
 class Operator(BaseUser, tablename="piccolo_user"):
@@ -88,42 +81,25 @@ class OperatorSession(SessionsBase, tablename="sessions"):
 
 
 class KeyRingMFAEncryption(EncryptionProvider):
-    """piccolo_api's EncryptionProvider, backed by a subkey of our key ring.
+    """piccolo_api's EncryptionProvider, backed by our key ring (see crypto/mfa.py).
 
-    Values look like ``odbmfa-<key_id>.<base64url(nonce | ciphertext | tag)>``:
-    the key id picks the subkey on decryption, so TOTP secrets stay readable
-    after the ring rotates to a new active key.
+    Values are ``odbmfa-`` and a v2 envelope of the ring's ``mfa`` purpose:
+    the one envelope format and decoder, so TOTP secrets stay readable after
+    the ring rotates, and ``rotate_keys`` re-seals them.
     """
 
     def __init__(self, key_ring: KeyRing) -> None:
-        super().__init__(prefix="odbmfa")
+        super().__init__(prefix=mfa.PREFIX)
         self._ring = key_ring
 
-    def _aead(self, key_id: str) -> AESGCM:
-        return AESGCM(self._ring.derive_subkey(MFA_PURPOSE, key_id=key_id))
-
     def encrypt(self, value: str, add_prefix: bool = True) -> str:
-        key_id = self._ring.active_key_id
-        nonce = os.urandom(_NONCE_LEN)
-        sealed = self._aead(key_id).encrypt(nonce, value.encode("utf-8"), key_id.encode())
-        body = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
-        encrypted = f"{key_id}.{body}"
-        return self.add_prefix(encrypted) if add_prefix else encrypted
+        sealed = mfa.seal(self._ring, value)
+        return self.add_prefix(sealed) if add_prefix else sealed
 
     def decrypt(self, encrypted_value: str, has_prefix: bool = True) -> str:
         if has_prefix:
-            encrypted_value = self.remove_prefix(encrypted_value)
-        key_id, _, body = encrypted_value.partition(".")
-        if key_id not in self._ring.key_ids:
-            raise DecryptionError("MFA secret: key id is not in the key ring")
-        try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            data = self._aead(key_id).decrypt(raw[:_NONCE_LEN], raw[_NONCE_LEN:], key_id.encode())
-        except (InvalidTag, binascii.Error, ValueError):
-            data = None
-        if data is None:
-            raise DecryptionError("MFA secret: authentication failed (tampered or wrong key)")
-        return data.decode("utf-8")
+            encrypted_value = mfa.strip_prefix(encrypted_value)
+        return mfa.unseal(self._ring, encrypted_value)
 
 
 # Paths of the admin's private API an operator may use before enrolling.

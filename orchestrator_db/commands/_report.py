@@ -1,8 +1,8 @@
-"""What the key commands print: values per key id, and progress."""
+"""What the key commands print: values per key id and per format version, and progress."""
 
 from __future__ import annotations
 
-from orchestrator_db.crypto.keyring import KeyRing
+from orchestrator_db.crypto.keyring import CURRENT_VERSION, FORMAT_VERSIONS, KeyRing
 from orchestrator_db.rotation import PLAINTEXT, BatchProgress, ReencryptResult
 
 
@@ -29,6 +29,15 @@ def print_key_counts(title: str, counts: dict[str, int], key_ring: KeyRing) -> N
     for key_id in key_ids:
         count = counts.get(key_id, 0)
         print(f"  {key_id:<{width}}  {count:>10}  {_note(key_id, count, key_ring)}")
+    print(flush=True)
+
+
+def print_format_counts(counts: dict[str, int]) -> None:
+    """Envelopes per format version; v1 means `rotate_keys` has work to do."""
+    print("stored envelopes per format version:")
+    for version in FORMAT_VERSIONS:
+        note = "current" if version == CURRENT_VERSION else "older: `rotate_keys` re-seals it"
+        print(f"  {version}  {counts.get(version, 0):>10}  {note}")
     print(flush=True)
 
 

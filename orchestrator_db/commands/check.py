@@ -1,5 +1,5 @@
 from orchestrator_db import session_checks
-from orchestrator_db.checks import Finding, failures, inspect_deployment
+from orchestrator_db.checks import Finding, failures, inspect_deployment, inspect_functions
 from orchestrator_db.commands._connect import connect, run
 
 
@@ -7,7 +7,7 @@ async def check_deployment() -> list[Finding]:
     """The deployment check, for an app to call at startup; uses DATABASE_URL."""
     connection = await connect()
     try:
-        return await inspect_deployment(connection)
+        return await inspect_deployment(connection) + await inspect_functions(connection)
     finally:
         await connection.close()
 
@@ -17,7 +17,8 @@ def check() -> None:
 
     Checks that RLS is enabled and forced on both tenant tables, that the
     policies exist, and that the role is neither superuser, BYPASSRLS nor
-    owner. Exits non-zero, naming the fix, if anything fails.
+    owner, and that every function of ours pins its search_path. Exits
+    non-zero, naming the fix, if anything fails.
     """
     findings = run(check_deployment)
     for finding in findings:

@@ -1,6 +1,11 @@
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
-from orchestrator_db.commands._report import exit_if_unfinished, print_key_counts, print_progress
+from orchestrator_db.commands._report import (
+    exit_if_unfinished,
+    print_format_counts,
+    print_key_counts,
+    print_progress,
+)
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import ConfigurationError, KeyConfigError
 
@@ -32,14 +37,21 @@ async def _rotate(batch_size: int) -> rotation.ReencryptResult:
             connection, key_ring, batch_size=batch_size, progress=print_progress
         )
         print()
-        print_key_counts("after", await rotation.key_status(connection), key_ring)
+        resealed = await rotation.rotate_mfa_secrets(connection, key_ring)
+        print(f"{resealed} MFA secrets re-sealed under key {key_ring.active_key_id}")
+        after = await rotation.envelope_counts(connection)
+        print_key_counts("after", rotation.by_key(after), key_ring)
+        print_format_counts(rotation.format_counts(after))
         return result
     finally:
         await connection.close()
 
 
 def rotate_keys(batch_size: int = rotation.DEFAULT_BATCH_SIZE) -> None:
-    """Re-encrypt every stored secret under the active key (the first in the ring).
+    """Re-encrypt every stored secret under the active key (the first in the ring), as format v2.
+
+    v1 envelopes are re-sealed as v2 even under the active key, and so are
+    the admin's MFA secrets (including those of the format before v2).
 
     Put a new key first in ORCHESTRATOR_DB_KEYS (`generate_key` makes one),
     keep the old keys after it, deploy that ring to every process, then run
