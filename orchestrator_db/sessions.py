@@ -46,6 +46,8 @@ BETTER_AUTH_DEFAULT_SECRET = "better-auth-secret-12345678901234567890"
 _SIGNATURE = re.compile(r"[A-Za-z0-9+/]{43}=")
 #: Far above Better Auth's 32-character tokens; a longer value is not one.
 _MAX_VALUE_LENGTH = 1024
+#: No token holds these (and PostgreSQL text cannot hold NUL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SECURE_PREFIX = "__Secure-"
 
 _LOOKUP = "SELECT user_id, expired FROM public.orchestrator_db_session_user($1)"
@@ -142,7 +144,7 @@ def _verified_token(signed: str, secret: str) -> str:
     if dot < 1:
         raise NotAuthenticated("malformed")
     token, signature = signed[:dot], signed[dot + 1 :]
-    if not _SIGNATURE.fullmatch(signature):
+    if not _SIGNATURE.fullmatch(signature) or _CONTROL.search(token):
         raise NotAuthenticated("malformed")
     expected = sign(token, secret).encode("ascii")
     if not hmac.compare_digest(expected, signature.encode("ascii")):
@@ -169,7 +171,7 @@ def session_token(
             if "." not in value:
                 if not settings.bearer_allow_unsigned:
                     raise NotAuthenticated("bad_signature")
-                if len(value) > _MAX_VALUE_LENGTH:
+                if len(value) > _MAX_VALUE_LENGTH or _CONTROL.search(value):
                     raise NotAuthenticated("malformed")
                 return value
             return _verified_token(_percent_decoded(value), settings.secret)

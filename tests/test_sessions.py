@@ -232,6 +232,9 @@ async def test_missing_and_malformed(better_auth, config, secret) -> None:
         assert await better_auth.session_user(config, cookie=cookie) is None
         await refused("malformed", cookie=cookie)
     await refused("malformed", authorization="Bearer ")
+    use_settings(get_settings(), bearer_allow_unsigned=True)
+    await refused("malformed", authorization="Bearer nul\x00token")
+    await refused("malformed", authorization="Bearer " + "t" * 2000)
 
 
 # Stricter than Better Auth, on purpose ######################################
