@@ -2,15 +2,15 @@
 
 Every user gets a Better Auth "user" row, an account and one credential per
 type in CREDENTIAL_TYPES, each secret sealed by the package's KeyRing with
-the package's AAD (table, column, row id, user id); row ids are made here,
-before encryption, exactly as ``put_credential`` does.
+the package's binding (see sealing.py); row ids are made here, before
+encryption, exactly as ``put_credential`` does.
 
 Users are split by index so that no workload disturbs another's data:
 
 * ``i % 10 == SQLALCHEMY_SLOT``: the SQLAlchemy baseline's users. A
   TypeDecorator sees only the value, so its AAD can bind table and column
-  but not row or user; their envelopes are sealed that way (row id and
-  user id left empty) or the baseline could not read them.
+  but not row or user; their envelopes are sealed that way or the
+  baseline could not read them.
 * ``i % 10 == MAINTENANCE_SLOT``: the pool W4/W5 (rotation,
   encrypt_plaintext) draw their rows from.
 * everyone else: the package and the two raw asyncpg baselines.
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from benchmarks.sealing import CREDENTIALS_TABLE, seal_column_only, seal_credential
 from orchestrator_db.crypto.keyring import KeyRing
 
 CREDENTIAL_TYPES = ("alpaca", "polygon")
-CREDENTIALS_TABLE = "user_credentials"
 SQLALCHEMY_SLOT = 9
 MAINTENANCE_SLOT = 8
 _CHUNK_USERS = 10_000
@@ -53,26 +53,6 @@ def random_api_key() -> str:
 
 def random_secret_key() -> str:
     return secrets.token_urlsafe(30)
-
-
-def seal_credential(
-    ring: KeyRing, row_id: str, user_id: str, api_key: str, secret_key: str
-) -> tuple[str, str]:
-    """The package's envelopes: bound to table, column, row id and user id."""
-    context = {"table": CREDENTIALS_TABLE, "row_id": row_id, "user_id": user_id}
-    return (
-        ring.encrypt(api_key, column="api_key", **context),
-        ring.encrypt(secret_key, column="secret_key", **context),
-    )
-
-
-def seal_for_sqlalchemy(ring: KeyRing, api_key: str, secret_key: str) -> tuple[str, str]:
-    """What a TypeDecorator can bind: table and column only."""
-    context = {"table": CREDENTIALS_TABLE, "row_id": "", "user_id": ""}
-    return (
-        ring.encrypt(api_key, column="api_key", **context),
-        ring.encrypt(secret_key, column="secret_key", **context),
-    )
 
 
 @dataclass
@@ -117,10 +97,12 @@ def _make_chunk(ring: KeyRing, start: int, stop: int) -> _Chunk:
         for credential_type in CREDENTIAL_TYPES:
             row_id = uuid.UUID(bytes=urandom(16), version=4)
             if index % 10 == SQLALCHEMY_SLOT:
-                api, secret = seal_for_sqlalchemy(ring, random_api_key(), random_secret_key())
+                api = seal_column_only(ring, random_api_key(), "api_key")
+                secret = seal_column_only(ring, random_secret_key(), "secret_key")
             else:
                 api, secret = seal_credential(
-                    ring, str(row_id), uid, random_api_key(), random_secret_key()
+                    ring, str(row_id), uid, str(account_id), credential_type,
+                    random_api_key(), random_secret_key(),
                 )
             chunk.credentials.append(
                 (row_id, account_id, uid, credential_type, api, secret)

@@ -7,7 +7,8 @@ role (RLS applies), all decrypting or encrypting with the package's KeyRing:
 * ``list_all(user_id)``: W2, the user's active, unexpired credentials;
 * ``put_one(user_id, api_key, secret_key)``: W3, encrypt and replace in place.
 
-Round trips per operation (pool acquire/release included) are noted on each.
+Round trips per operation (pool acquire/release included) are noted on each;
+the benchmark also counts them through a proxy (roundtrips.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.dataset import CREDENTIALS_TABLE, seal_credential
+from benchmarks.sealing import CREDENTIALS_TABLE, open_row, seal_credential, seal_row
 from orchestrator_db import close_pool, open_pool, user_scope
 from orchestrator_db.crypto.keyring import KeyRing
-from orchestrator_db.settings import CURRENT_USER_SETTING
+from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 
 W1_TYPE = "alpaca"
 
@@ -29,7 +30,7 @@ _SET_USER = f"SELECT pg_catalog.set_config('{CURRENT_USER_SETTING}', $1, true)"
 _SELECT_ONE = f"SELECT * FROM {CREDENTIALS_TABLE} WHERE user_id = $1 AND credential_type = $2"
 _SELECT_ALL = f"SELECT * FROM {CREDENTIALS_TABLE} WHERE user_id = $1 ORDER BY credential_type"
 _LOCK_ONE = (
-    f"SELECT id FROM {CREDENTIALS_TABLE} "
+    f"SELECT id, user_id, user_account_id, credential_type FROM {CREDENTIALS_TABLE} "
     "WHERE user_id = $1 AND credential_type = $2 FOR UPDATE"
 )
 _UPDATE = (
@@ -50,19 +51,17 @@ def _usable(row: Any, now: datetime.datetime) -> bool:
     return row["is_active"] and (row["expires_at"] is None or row["expires_at"] > now)
 
 
+def pool_bounds() -> tuple[int, int]:
+    """The package's pool bounds (ORCHESTRATOR_DB_POOL_MIN_SIZE / _MAX_SIZE, default 1 and 10).
+
+    Every baseline's pool gets the same, so W6 (64 tasks on one pool) compares like with like.
+    """
+    settings = database_settings()
+    return settings.pool_min_size, settings.pool_max_size
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def open_row(ring: KeyRing, row: Any, user_id: str) -> tuple[str, str]:
-    """Decrypt a row the way the package does (AAD: table, column, row id, user)."""
-    if row["user_id"] != user_id:
-        raise RuntimeError("RLS returned another user's row")
-    context = {"table": CREDENTIALS_TABLE, "row_id": str(row["id"]), "user_id": user_id}
-    return (
-        ring.decrypt(row["api_key"], column="api_key", **context),
-        ring.decrypt(row["secret_key"], column="secret_key", **context),
-    )
 
 
 def _sql_literal(text: str) -> str:
@@ -130,7 +129,8 @@ class NaiveRaw(Implementation):
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4)
+        low, high = pool_bounds()
+        self.pool = await asyncpg.create_pool(self.url, min_size=low, max_size=high)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -157,14 +157,16 @@ class NaiveRaw(Implementation):
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await conn.execute(_SET_USER, user_id)
-                row_id = await conn.fetchval(_LOCK_ONE, user_id, W1_TYPE)
-                if row_id is not None:
-                    api, secret = seal_credential(self.ring, str(row_id), user_id, api_key, secret_key)
+                row = await conn.fetchrow(_LOCK_ONE, user_id, W1_TYPE)
+                if row is not None:
+                    row_id = row["id"]
+                    api, secret = seal_row(self.ring, row, api_key, secret_key)
                     await conn.execute(_UPDATE, row_id, user_id, api, secret)
                 else:
                     account_id = await conn.fetchval(_ACCOUNT_ID + " FOR NO KEY UPDATE", user_id)
                     row_id = uuid.uuid4()
-                    api, secret = seal_credential(self.ring, str(row_id), user_id, api_key, secret_key)
+                    api, secret = seal_credential(self.ring, str(row_id), user_id, str(account_id),
+                                                  W1_TYPE, api_key, secret_key)
                     await conn.execute(_INSERT, row_id, account_id, user_id, W1_TYPE, api, secret)
         return row_id
 
@@ -176,11 +178,19 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
 class OneRoundTripRaw(Implementation):
     """(c) the floor: scoped SQL function (set_config then query) in one statement.
 
-    Reads: 1 round trip; pool reset is a no-op. Put: 2 round trips, keeping
-    the row id (the envelopes are bound to it): the scoped read gives the id,
-    then BEGIN; set_config; UPDATE; COMMIT go as one simple-protocol message
-    with literals (a failed UPDATE raises division_by_zero, so a row that
-    vanished in between is noticed).
+    Reads: 1 round trip; pool reset is a no-op. Put (W3): the two-round-trip
+    floor. The envelopes are bound to the row's id, account and type, so the
+    client must know them before it encrypts: round trip 1 is the scoped read
+    (as W1); round trip 2 is BEGIN; set_config; UPDATE; COMMIT as one
+    simple-protocol message with literals. The UPDATE matches the id,
+    account and type read, and raises division_by_zero if it matched
+    nothing, so a row deleted or changed in between is noticed, never
+    overwritten with envelopes bound to something else. What asyncpg cannot
+    do in one round trip: BEGIN + set_config + a locking SELECT that returns
+    the row (a simple-protocol message returns no rows, and an
+    extended-protocol statement cannot carry BEGIN); so a lock held from
+    the read to the write costs a third round trip, and this floor takes
+    the optimistic check instead. Replaces only (W3 replaces).
     """
 
     key, label = "c", "one-round-trip raw asyncpg"
@@ -190,7 +200,8 @@ class OneRoundTripRaw(Implementation):
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4, reset=_no_reset)
+        low, high = pool_bounds()
+        self.pool = await asyncpg.create_pool(self.url, min_size=low, max_size=high, reset=_no_reset)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -214,16 +225,17 @@ class OneRoundTripRaw(Implementation):
             row = await conn.fetchrow(_SCOPED_ONE, user_id, W1_TYPE)
             if row is None:
                 raise LookupError(f"{W1_TYPE} (the floor only replaces existing rows)")
-            row_id = str(row["id"])
-            api, secret = seal_credential(self.ring, row_id, user_id, api_key, secret_key)
+            row_id, account_id = str(row["id"]), str(row["user_account_id"])
+            api, secret = seal_row(self.ring, row, api_key, secret_key)
             uid = _sql_literal(user_id)
-            # Envelopes are [A-Za-z0-9_.-] only and the id is a UUID: safe literals.
+            # Envelopes are [A-Za-z0-9_.-] only and the ids are UUIDs: safe literals.
             await conn.execute(
                 "BEGIN; "
                 f"SELECT pg_catalog.set_config('{CURRENT_USER_SETTING}', {uid}, true); "
                 f"WITH written AS (UPDATE {CREDENTIALS_TABLE} SET api_key = '{api}', "
                 f"secret_key = '{secret}', expires_at = NULL, is_active = true "
-                f"WHERE id = '{row_id}' AND user_id = {uid} RETURNING 1) "
+                f"WHERE id = '{row_id}' AND user_id = {uid} AND user_account_id = '{account_id}' "
+                f"AND credential_type = {_sql_literal(W1_TYPE)} RETURNING 1) "
                 "SELECT 1 / count(*) FROM written; "
                 "COMMIT"
             )

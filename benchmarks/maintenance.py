@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.database import ROOT
-from benchmarks.dataset import CREDENTIALS_TABLE, seal_credential
+from benchmarks.sealing import CREDENTIALS_TABLE, active_prefix, open_column_only, seal_row
 from orchestrator_db.crypto.keyring import KeyRing
 
 _SET_VALUES = f"""
@@ -54,28 +54,30 @@ class Keys:
         return f"{self.newer},{self.main},{self.old}"
 
 
-async def subset_rows(operator_url: str, users: list[str], rows: int) -> list[tuple[Any, str]]:
+async def subset_rows(operator_url: str, users: list[str], rows: int) -> list[Any]:
+    """Rows (id, user_id, user_account_id, credential_type) of the maintenance users."""
     connection = await asyncpg.connect(operator_url)
     try:
         found = await connection.fetch(
-            f"SELECT id, user_id FROM {CREDENTIALS_TABLE} WHERE user_id = ANY($1::text[]) "
+            f"SELECT id, user_id, user_account_id, credential_type FROM {CREDENTIALS_TABLE} "
+            "WHERE user_id = ANY($1::text[]) "
             "ORDER BY user_id, credential_type",
             users[: (rows + 1) // 2 + 1],
         )
     finally:
         await connection.close()
-    return [(r["id"], r["user_id"]) for r in found[:rows]]
+    return [dict(r) for r in found[:rows]]
 
 
-async def _set_subset(operator_url: str, subset: list[tuple[Any, str]], values) -> None:
+async def _set_subset(operator_url: str, subset: list[Any], values) -> None:
     connection = await asyncpg.connect(operator_url)
     try:
         for low in range(0, len(subset), 5000):
             part = subset[low : low + 5000]
             ids, apis, secrets = [], [], []
-            for row_id, user_id in part:
-                api, secret = values(row_id, user_id)
-                ids.append(row_id)
+            for row in part:
+                api, secret = values(row)
+                ids.append(row["id"])
                 apis.append(api)
                 secrets.append(secret)
             await connection.execute(_SET_VALUES, ids, apis, secrets)
@@ -88,9 +90,7 @@ async def put_under_old_key(operator_url: str, keys: Keys, subset) -> None:
     await _set_subset(
         operator_url,
         subset,
-        lambda row_id, user_id: seal_credential(
-            old_ring, str(row_id), user_id, "PKROTATE" + str(row_id)[:8], "rotate-" + str(row_id)
-        ),
+        lambda row: seal_row(old_ring, row, "PKROTATE" + str(row["id"])[:8], "rotate-" + str(row["id"])),
     )
 
 
@@ -98,19 +98,19 @@ async def put_back_to_plaintext(operator_url: str, keys: Keys, subset) -> None:
     await _set_subset(
         operator_url,
         subset,
-        lambda row_id, user_id: ("PKLEGACY" + str(row_id)[:8], "legacy-" + str(row_id)),
+        lambda row: ("PKLEGACY" + str(row["id"])[:8], "legacy-" + str(row["id"])),
     )
 
 
 async def left_to_do(operator_url: str, keys: Keys, subset) -> int:
     """Subset rows with a value not under the active key (old key or plaintext)."""
-    prefix = "v1." + keys.main.partition(":")[0] + "."
+    prefix = active_prefix(keys.main.partition(":")[0])
     connection = await asyncpg.connect(operator_url)
     try:
         return await connection.fetchval(
             f"SELECT count(*) FROM {CREDENTIALS_TABLE} WHERE id = ANY($1::uuid[]) "
             "AND (NOT starts_with(api_key, $2) OR NOT starts_with(secret_key, $2))",
-            [row_id for row_id, _ in subset],
+            [row["id"] for row in subset],
             prefix,
         )
     finally:
@@ -229,7 +229,7 @@ async def memory_check(
         "subset_maxrss_kb": max(small) if small else None,
         "subset_rss_before_kb": max(r["rss_before_kb"] for r in subset_runs) if subset_runs else None,
     }
-    prefix = "v1." + keys.newer.partition(":")[0] + "."
+    prefix = active_prefix(keys.newer.partition(":")[0])
     connection = await asyncpg.connect(operator_url)
     try:
         result["full_rows_left"] = await connection.fetchval(
@@ -252,16 +252,15 @@ async def reseal_for_package(operator_url: str, ring: KeyRing, users: list[str])
     connection = await asyncpg.connect(operator_url)
     try:
         rows = await connection.fetch(
-            f"SELECT id, user_id, api_key, secret_key FROM {CREDENTIALS_TABLE} "
-            "WHERE user_id = ANY($1::text[])",
+            f"SELECT id, user_id, user_account_id, credential_type, api_key, secret_key "
+            f"FROM {CREDENTIALS_TABLE} WHERE user_id = ANY($1::text[])",
             users,
         )
-        context = {"table": CREDENTIALS_TABLE, "row_id": "", "user_id": ""}
         ids, apis, secrets = [], [], []
         for row in rows:
-            api = ring.decrypt(row["api_key"], column="api_key", **context)
-            secret = ring.decrypt(row["secret_key"], column="secret_key", **context)
-            sealed = seal_credential(ring, str(row["id"]), row["user_id"], api, secret)
+            api = open_column_only(ring, row["api_key"], "api_key")
+            secret = open_column_only(ring, row["secret_key"], "secret_key")
+            sealed = seal_row(ring, row, api, secret)
             ids.append(row["id"])
             apis.append(sealed[0])
             secrets.append(sealed[1])

@@ -39,10 +39,11 @@ from typing import Any
 
 import asyncpg
 
-from orchestrator_db.crypto.keyring import KeyRing, is_envelope
+from benchmarks.sealing import active_prefix, reseal_value
+from orchestrator_db.crypto.keyring import KeyRing
 
 _SELECT_BATCH = """
-SELECT id, user_id, api_key, secret_key FROM user_credentials
+SELECT id, user_id, user_account_id, credential_type, api_key, secret_key FROM user_credentials
 WHERE id > $1 AND (NOT starts_with(api_key, $2) OR NOT starts_with(secret_key, $2))
 ORDER BY id LIMIT $3
 """
@@ -71,15 +72,9 @@ def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _reseal(ring: KeyRing, value: str, column: str, row_id: str, user_id: str) -> str:
-    context = {"table": "user_credentials", "column": column, "row_id": row_id, "user_id": user_id}
-    plaintext = ring.decrypt(value, **context) if is_envelope(value) else value
-    return ring.encrypt(plaintext, **context)
-
-
 async def raw_batch(url: str, ring: KeyRing, batch_size: int) -> int:
     """Keyset pass over the primary key; each batch is its own short transaction."""
-    prefix = f"v1.{ring.active_key_id}."
+    prefix = active_prefix(ring.active_key_id)
     connection = await asyncpg.connect(url)
     done = 0
     try:
@@ -91,12 +86,11 @@ async def raw_batch(url: str, ring: KeyRing, batch_size: int) -> int:
             last = rows[-1]["id"]
             ids, old_api, old_secret, new_api, new_secret = [], [], [], [], []
             for row in rows:
-                row_id, user_id = str(row["id"]), row["user_id"]
                 ids.append(row["id"])
                 old_api.append(row["api_key"])
                 old_secret.append(row["secret_key"])
-                new_api.append(_reseal(ring, row["api_key"], "api_key", row_id, user_id))
-                new_secret.append(_reseal(ring, row["secret_key"], "secret_key", row_id, user_id))
+                new_api.append(reseal_value(ring, row["api_key"], "api_key", row))
+                new_secret.append(reseal_value(ring, row["secret_key"], "secret_key", row))
             async with connection.transaction():
                 status = await connection.execute(
                     _UPDATE_BATCH, ids, old_api, old_secret, new_api, new_secret

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from benchmarks.dataset import CREDENTIALS_TABLE
-from benchmarks.implementations import W1_TYPE, Implementation, utc_now
+from benchmarks.implementations import W1_TYPE, Implementation, pool_bounds, utc_now
+from benchmarks.sealing import CREDENTIALS_TABLE, open_column_only, seal_column_only
 from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.settings import CURRENT_USER_SETTING
 
@@ -49,12 +49,12 @@ class EncryptedText(TypeDecorator):
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
         if value is None:
             return None
-        return _ring.encrypt(value, table=CREDENTIALS_TABLE, column=self.column, row_id="", user_id="")
+        return seal_column_only(_ring, value, self.column)
 
     def process_result_value(self, value: str | None, dialect: Any) -> str | None:
         if value is None:
             return None
-        return _ring.decrypt(value, table=CREDENTIALS_TABLE, column=self.column, row_id="", user_id="")
+        return open_column_only(_ring, value, self.column)
 
 
 class Base(DeclarativeBase):
@@ -97,7 +97,8 @@ class SQLAlchemyTypeDecorator(Implementation):
         self.engine: AsyncEngine | None = None
 
     async def start(self) -> None:
-        self.engine = create_async_engine(_asyncpg_url(self.url), pool_size=4, max_overflow=0)
+        _, high = pool_bounds()
+        self.engine = create_async_engine(_asyncpg_url(self.url), pool_size=high, max_overflow=0)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def close(self) -> None:
