@@ -6,13 +6,19 @@ the package's commands, loads users with real envelopes, then measures, as
 the application role under RLS and in one asyncio task, interleaved:
 
   W1 get one credential   W2 list credentials   W3 put_credential
+  W6 W1 by 64 concurrent tasks on a pool of 10 (interleaved bursts)
   W4 key rotation rows/s  W5 encrypt_plaintext rows/s (vs a raw asyncpg batch)
 
-for (a) this package, (b) naive raw asyncpg, (c) one-round-trip raw asyncpg
-and (d) SQLAlchemy 2 + TypeDecorator; checks the scoped lookup's plan and the
-rotation's peak memory, prints a table with the issue's targets, and writes
-results.json, results.md and chart.png. The database and roles are dropped
-at the end unless --keep.
+for (a) this package, (b) naive raw asyncpg, (c) the raw asyncpg floor (one
+round trip per read, two per put) and (d) SQLAlchemy 2 + TypeDecorator. Every
+pool is sized like the package's (max 10). Then, untimed: round trips per
+operation of every implementation, counted through a loopback proxy, and
+what a pool wait costs (asyncio.timeout vs acquire(timeout=)). Checks the
+scoped lookup's plan and the rotation's peak memory, prints the load
+average at start and end and a table with the issue's targets (judged on
+the ratio to the floor (c) where one is given), and writes results.json,
+results.md and chart.png. The database and roles are dropped at the end
+unless --keep.
 
   make bench                              100k users, 200k credential rows
   make bench ARGS=--quick                 smoke run, well under a minute
@@ -34,6 +40,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.concurrency import TASKS, measure_w6, pool_wait_probe
 from benchmarks.database import ROOT, BenchDatabase, create_bench_database, drop_bench_database
 from benchmarks.dataset import (
     CREDENTIAL_TYPES,
@@ -48,6 +55,7 @@ from benchmarks.implementations import (
     NaiveRaw,
     OneRoundTripRaw,
     PackageAPI,
+    pool_bounds,
 )
 from benchmarks.maintenance import (
     Keys,
@@ -61,24 +69,31 @@ from benchmarks.maintenance import (
 from benchmarks.measure import Operation, interleaved
 from benchmarks.plans import explain_scoped_lookup
 from benchmarks.report import evaluate_targets, render_text, write_results
+from benchmarks.roundtrips import count_round_trips
 from benchmarks.sqlalchemy_baseline import SQLAlchemyTypeDecorator
 from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry
 from orchestrator_db.devdb import DatabaseUnavailable, mask_password, resolve_server_url
+from orchestrator_db.settings import reload_settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_RESULTS_DIR = ROOT / ".local" / "bench-quick"
 
 NOTES = [
-    "Round trips per operation, pool included: (a) reads 1 (scoped SQL function; no-op pool "
-    "reset), put 4 (BEGIN+set_config, lock slot, UPDATE, COMMIT); (b) reads 5 (BEGIN, "
-    "set_config, SELECT, COMMIT, asyncpg's RESET ALL on release), put 6; (c) reads 1, put 2 "
-    "(scoped read for the row id, then BEGIN; set_config; UPDATE; COMMIT in one simple-protocol "
-    "message); (d) reads 4 (BEGIN, set_config, SELECT, COMMIT), put 5.",
+    "Round trips per operation are counted, not taken from the code: a separate untimed pass "
+    "(benchmarks/roundtrips.py) runs every implementation through a loopback TCP proxy that "
+    "counts each client send following a server send. What the code intends: (b) reads 5 "
+    "(BEGIN, set_config, SELECT, COMMIT, asyncpg's RESET ALL on release), put 6; (c) reads 1 "
+    "(scoped SQL function, no-op pool reset), put 2 (the scoped read gives id, account and type, "
+    "then BEGIN; set_config; UPDATE; COMMIT in one simple-protocol message); (d) reads 4, put 5.",
+    "W6: 64 tasks start together, each doing a few W1 lookups on random users, through a pool of at "
+    "most 10 connections (every implementation's pool is sized like the package's); bursts of "
+    "the four implementations are interleaved. Ratios compare mean burst wall time per round; "
+    "p50/p99 are per lookup as its task sees it, pool wait included.",
     "SQLAlchemy's TypeDecorator only sees the value, so its AAD binds table and column but not "
     "row id or user: envelopes can be swapped between rows of one column undetected. It reads "
     "its own users (every 10th), sealed that way, in the same table.",
     "W3 replaces the existing 'alpaca' credential of a random user (the row id is kept, so the "
-    "new envelopes are bound to it).",
+    "new envelopes are bound to it). Its floor is (c)'s two-round-trip put.",
     "W4/W5: before each timed run a fixed subset of rows is put under an old key (W4) or back to "
     "plaintext (W5), untimed; the package's job and a raw asyncpg keyset batch (SELECT rows not "
     "under the active key, re-seal, optimistic UPDATE .. FROM unnest per batch) then each run in "
@@ -96,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="measurement rounds (default 5)")
     parser.add_argument("--ops", type=int, help="operations per implementation per round (default 2000)")
     parser.add_argument("--warmup", type=int, help="untimed operations per implementation first (default 200)")
+    parser.add_argument("--w6-bursts", type=int, help="W6 bursts per implementation per round (default 4)")
+    parser.add_argument("--w6-per-task", type=int,
+                        help="W1 lookups per task in a W6 burst of 64 tasks (default 8)")
+    parser.add_argument("--rt-ops", type=int, default=50,
+                        help="operations per workload in the round-trip counting pass (default 50)")
     parser.add_argument("--rotation-rows", type=int, help="rows W4/W5 re-encrypt per run (default 20000)")
     parser.add_argument("--batch-size", type=int, default=1000, help="W4/W5 batch size (default 1000)")
     parser.add_argument("--skip-maintenance", action="store_true", help="skip W4, W5 and the memory check")
@@ -104,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "flush, so W3 shows client and round-trip costs rather than fsync")
     parser.add_argument("--keep", action="store_true", help="keep the database and roles (keys go to .local/)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2k users, 2 rounds of 200 ops; results to .local/bench-quick/")
+                        help="smoke run: 2k users, 2 rounds of 200 ops, small W6 bursts; results to "
+                             ".local/bench-quick/")
     parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results)")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -114,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ops": 200 if quick else 2000,
         "warmup": 20 if quick else 200,
         "rotation_rows": 1000 if quick else 20_000,
+        "w6_bursts": 2 if quick else 4,
+        "w6_per_task": 4 if quick else 8,
         "out": QUICK_RESULTS_DIR if quick else RESULTS_DIR,
     }
     for name, value in defaults.items():
@@ -202,6 +225,7 @@ async def bench(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
     os.environ["DATABASE_URL"] = db.app_url
     os.environ["ORCHESTRATOR_DB_KEYS"] = keys.ring_text
     os.environ.pop("ORCHESTRATOR_DB_KEYS_FILE", None)
+    reload_settings()  # anything that read the settings before this point read the old environment
 
     impls: dict[str, Implementation] = {}
     try:
@@ -257,6 +281,28 @@ async def _bench_in(db: BenchDatabase, keys: Keys, ring: KeyRing, impls: dict, a
     for workload in ("W1", "W2", "W3"):
         log(f"{workload} at {dataset.credentials:,} rows ...")
         results["workloads"][workload] = await _measure(impls, workload, args)
+    log(f"W6: {TASKS} tasks x {args.w6_per_task} lookups per burst, pool max {pool_bounds()[1]}, "
+        f"{args.rounds} rounds x {args.w6_bursts} bursts ...")
+    began = time.perf_counter()
+    w6 = await measure_w6(impls, rounds=args.rounds, bursts=args.w6_bursts, per_task=args.w6_per_task)
+    results["workloads"]["W6"] = w6
+    floor = w6["impls"]["c"]["median"]["burst_ms"]
+    log(f"  W6 done in {time.perf_counter() - began:.0f} s: " + ", ".join(
+        f"({k}) {v['median']['ops_per_s']:,.0f} ops/s, burst {v['median']['burst_ms']:.1f} ms / "
+        f"{v['median']['burst_ms'] / floor:.2f}x (c)" for k, v in w6["impls"].items()))
+    log("pool waits: 64 tasks on a bare asyncpg pool, three ways to bound the wait ...")
+    results["pool_waits"] = await pool_wait_probe(db.app_url, max_size=pool_bounds()[1])
+    for name, v in results["pool_waits"]["variants"].items():
+        log(f"  {name}: {v['contended_us']:.0f} us per acquire+SELECT 1+release contended, "
+            f"{v['alone_us']:.0f} alone; per acquire {v['tasks_per_acquire']:.2f} tasks created, "
+            f"{v['timers_per_acquire']:.2f} timers")
+    log(f"round trips per operation, counted through a loopback proxy ({args.rt_ops} ops each) ...")
+    results["round_trips"] = await count_round_trips(
+        db.app_url, os.environ["ORCHESTRATOR_DB_KEYS"], dataset.main_users[:5000],
+        dataset.sqlalchemy_users[:5000], ops=args.rt_ops)
+    for key, counted in results["round_trips"].items():
+        log(f"  ({key}) " + (", ".join(f"{w} {counted[w]:g}" for w in ("W1", "W2", "W3"))
+                            if isinstance(counted, dict) else str(counted)))
     final = {"users": dataset.users, "rows": dataset.credentials,
              "W1": results["workloads"]["W1"], "plan": await plan()}
     results["scale"]["large" if "small" in results["scale"] else "small"] = final
@@ -311,6 +357,8 @@ async def _maintenance(db, keys: Keys, ring: KeyRing, dataset: Dataset, results,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_start = os.getloadavg()
+    log("load average at start: " + " ".join(f"{x:.2f}" for x in load_start) + f" ({os.cpu_count()} CPUs)")
     try:
         server_url = resolve_server_url(os.environ.get("DATABASE_URL"))
     except DatabaseUnavailable as error:
@@ -318,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     began = time.perf_counter()
     results = asyncio.run(bench(args, server_url))
+    results["meta"]["loadavg_start"] = [round(x, 2) for x in load_start]
+    results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate_targets(results)
     results["meta"]["total_seconds"] = round(time.perf_counter() - began, 1)
     print()
