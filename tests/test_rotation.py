@@ -420,6 +420,32 @@ async def test_rotation_upgrades_v1_to_v2_with_concurrent_writes(keys, owner, op
     await assert_readable(expected, keys.old)
 
 
+async def test_v1_rows_after_rotation_are_bound_to_credential_type(keys, owner, operator):
+    """Make sure a v1 row whose credential_type is swapped with another's, after rotate_keys, fails with DecryptionError."""
+    await seed(owner, keys.old, keys.prefix, 1, ("alpaca", "polygon"), v1_entry=keys.old_entry)
+    [user_id] = {row["user_id"] for row in await my_rows(owner, keys)}
+    result = await rotate_keys(operator, keys.old)
+    assert result.remaining == 0 and "v1" not in format_counts(await envelope_counts(operator))
+    use_key_ring(keys.old)
+    async with user_scope(user_id) as scope:
+        alpaca = (await scope.get_credential("alpaca")).api_key.get_secret_value()
+    assert alpaca.startswith("AKIA-alpaca-")
+
+    async with owner.acquire() as connection, connection.transaction():
+        for old, new in (("alpaca", "swap"), ("polygon", "alpaca"), ("swap", "polygon")):
+            await connection.execute(
+                "UPDATE user_credentials SET credential_type = $3 "
+                "WHERE user_id = $1 AND credential_type = $2",
+                user_id,
+                old,
+                new,
+            )
+    async with user_scope(user_id) as scope:
+        for credential_type in ("alpaca", "polygon"):
+            with pytest.raises(DecryptionError):
+                await scope.get_credential(credential_type)
+
+
 async def test_key_status_command_shows_format_versions(keys, owner, db):
     """Make sure `key_status` prints envelopes per format version, and none of v1 after `rotate_keys`."""
     await seed(owner, keys.old, keys.prefix, 3, v1_entry=keys.old_entry)
