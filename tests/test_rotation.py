@@ -23,9 +23,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from legacy_formats import v1_envelope
+from legacy_formats import legacy_mfa, v1_envelope
 
 from orchestrator_db import DecryptionError, close_pool, open_pool, user_scope
+from orchestrator_db.admin.auth import KeyRingMFAEncryption
 from orchestrator_db.crypto.envelopes import cells, row_cells, seal, unseal
 from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry, is_envelope
 from orchestrator_db.crypto.providers import use_key_ring
@@ -444,6 +445,34 @@ async def test_v1_rows_after_rotation_are_bound_to_credential_type(keys, owner, 
         for credential_type in ("alpaca", "polygon"):
             with pytest.raises(DecryptionError):
                 await scope.get_credential(credential_type)
+
+
+async def test_rotate_keys_command_reseals_legacy_mfa_secrets(keys, owner, db):
+    """Make sure `rotate_keys` re-seals MFA secrets of the format before v2 (the migration path), and the admin's provider reads them after."""
+    operator_id = await owner.fetchval(
+        "INSERT INTO piccolo_user (username, password, email, active, admin, superuser) "
+        "VALUES ($1::text, 'x', $1::text || '@ops.test', true, true, false) RETURNING id",
+        f"{keys.prefix}-op",
+    )
+    legacy = legacy_mfa(keys.old_entry, "JBSWY3DPEHPK3PXP")
+    secret_id = await owner.fetchval(
+        "INSERT INTO authenticator_secret (user_id, secret, recovery_codes, created_at) "
+        "VALUES ($1, $2, '{}', now()) RETURNING id",
+        operator_id,
+        legacy,
+    )
+    with pytest.raises(DecryptionError):
+        KeyRingMFAEncryption(keys.new).decrypt(legacy)  # the admin reads only v2
+
+    done = await asyncio.to_thread(piccolo, db.operator_url, keys.new_text, "rotate_keys")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 MFA secrets re-sealed" in done.stdout
+    assert "JBSWY3DPEHPK3PXP" not in done.stdout + done.stderr
+    stored = await owner.fetchval("SELECT secret FROM authenticator_secret WHERE id = $1", secret_id)
+    assert stored.startswith(f"odbmfa-v2.{keys.new_id}.")
+    assert KeyRingMFAEncryption(keys.new_only).decrypt(stored) == "JBSWY3DPEHPK3PXP"
+    await owner.execute("DELETE FROM authenticator_secret WHERE id = $1", secret_id)
+    await owner.execute("DELETE FROM piccolo_user WHERE id = $1", operator_id)
 
 
 async def test_key_status_command_shows_format_versions(keys, owner, db):
