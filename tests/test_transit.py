@@ -300,3 +300,49 @@ async def test_approle_login(bao, transit_db, owner_pool) -> None:
     assert wrong.started["error"] == "KeyConfigError"
     assert "ORCHESTRATOR_DB_TRANSIT_ROLE_ID" in wrong.started["message"]
     assert "wrong-secret-id" not in wrong.close() + json.dumps(wrong.started)
+
+
+def _readme_transit_commands() -> list[str]:
+    """The README's transit command block, comments dropped, in order."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("In order, as the operator role", 1)[1]
+    block = section.split("```", 2)[1]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    return [command for command in commands if command.startswith("piccolo ")]
+
+
+async def test_readme_transit_commands_run_as_written(bao, transit_db, owner_pool) -> None:
+    """Make sure the README's transit commands, pasted in order (with the ids filled in),
+    move a running deployment from its old data key to a new one and retire the old."""
+    operator(transit_db, bao, "generate_key", "--provider=transit", "--key_id=readme_old")
+    operator(transit_db, bao, "activate_key", "--key_id=readme_old")
+    await _new_user(owner_pool, "transit-dave")
+    app = App(transit_db, bao.transit_env())
+    assert app.ask(op="account", user="transit-dave") == {"ok": True}
+    assert app.ask(op="put", user="transit-dave", type="alpaca", api_key="AK-d", secret_key="SK-d") == {"ok": True}
+    app.close()
+
+    commands = _readme_transit_commands()
+    assert [c.split()[2] for c in commands] == [
+        "generate_key", "activate_key", "rotate_keys", "key_status", "set_key_state", "set_key_state"
+    ]
+    new_key = None
+    for command in commands:
+        command = command.replace("<old>", "readme_old")
+        if new_key:
+            command = command.replace("<id>", new_key)
+        words = command.split()
+        assert words[:2] == ["piccolo", "orchestrator_db"]
+        done = operator(transit_db, bao, *words[2:])
+        if words[2] == "generate_key":
+            new_key = done.stdout.split("prepared data key ", 1)[1].split()[0]
+            restarted = App(transit_db, bao.transit_env())  # "restart the app's processes"
+            assert restarted.started == {"ready": True}
+            restarted.close()
+    assert new_key is not None
+    assert await _key_ids_in_use(owner_pool) == {new_key}
+    keys = await _data_keys(owner_pool)
+    assert keys["readme_old"][0] == "destroyed" and keys[new_key][:2] == ("enabled", True)
+    app = App(transit_db, bao.transit_env())
+    assert app.ask(op="get", user="transit-dave", type="alpaca") == {"api_key": "AK-d", "secret_key": "SK-d"}
+    app.close()

@@ -1,14 +1,14 @@
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.commands._report import exit_if_unfinished, print_key_counts, print_progress
-from orchestrator_db.crypto.providers import get_key_ring
+from orchestrator_db.crypto.providers import key_ring_for
 
 
 async def _encrypt(batch_size: int) -> rotation.ReencryptResult:
     rotation.check_batch_size(batch_size)
-    key_ring = get_key_ring()
     connection = await connect()
     try:
+        key_ring = await key_ring_for(connection)
         print_key_counts("before", await rotation.key_status(connection), key_ring)
         result = await rotation.encrypt_plaintext(
             connection, key_ring, batch_size=batch_size, progress=print_progress

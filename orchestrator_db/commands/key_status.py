@@ -3,21 +3,37 @@ import sys
 from orchestrator_db import rotation
 from orchestrator_db.commands._connect import connect, run
 from orchestrator_db.commands._report import print_format_counts, print_key_counts
+from orchestrator_db.crypto.data_keys import DataKey, list_data_keys
 from orchestrator_db.crypto.keyring import KeyRing
-from orchestrator_db.crypto.providers import get_key_ring
+from orchestrator_db.crypto.providers import key_ring_for, uses_transit
 
 
-async def _status() -> tuple[KeyRing, dict[tuple[str, str], int]]:
-    key_ring = get_key_ring()
+async def _status() -> tuple[KeyRing, dict[tuple[str, str], int], list[DataKey]]:
     connection = await connect()
     try:
-        return key_ring, await rotation.envelope_counts(connection)
+        data_keys = await list_data_keys(connection) if uses_transit() else []
+        key_ring = await key_ring_for(connection)
+        return key_ring, await rotation.envelope_counts(connection), data_keys
     finally:
         await connection.close()
 
 
+def _print_data_keys(data_keys: list[DataKey], counts: dict[str, int]) -> None:
+    print("data keys (provider transit):")
+    for key in data_keys:
+        role = "active" if key.is_primary else "prepared" if key.state == "enabled" else ""
+        print(
+            f"  {key.key_id:<20} {key.provider:<8} {key.state:<10} {role:<9} "
+            f"{key.transit_key_name} v{key.transit_key_version}  "
+            f"{counts.get(key.key_id, 0)} stored values"
+        )
+
+
 def key_status() -> None:
     """Show how many stored secrets each key id and format version holds, so old keys can be retired.
+
+    With the transit provider it also lists each data key's state and
+    Transit key version.
 
     Counts both secret columns of every user's credentials, so run it as the
     operator role (BYPASSRLS). Names the ring keys no value needs any more,
@@ -25,8 +41,10 @@ def key_status() -> None:
     stored values is missing from the key ring: those credentials cannot be
     decrypted until it is put back.
     """
-    key_ring, envelope_counts = run(_status)
+    key_ring, envelope_counts, data_keys = run(_status)
     counts = rotation.by_key(envelope_counts)
+    if data_keys:
+        _print_data_keys(data_keys, counts)
     print_key_counts("key status", counts, key_ring)
     print_format_counts(rotation.format_counts(envelope_counts))
     retirable = rotation.retirable_key_ids(counts, key_ring)

@@ -6,15 +6,15 @@ from orchestrator_db.commands._report import (
     print_key_counts,
     print_progress,
 )
-from orchestrator_db.crypto.providers import get_key_ring
+from orchestrator_db.crypto.providers import key_ring_for
 from orchestrator_db.errors import ConfigurationError, KeyConfigError
 
 
 async def _rotate(batch_size: int) -> rotation.ReencryptResult:
     rotation.check_batch_size(batch_size)
-    key_ring = get_key_ring()
     connection = await connect()
     try:
+        key_ring = await key_ring_for(connection)
         before = await rotation.key_status(connection)
         print_key_counts("before", before, key_ring)
         missing = rotation.missing_key_ids(before, key_ring)

@@ -87,6 +87,12 @@ async def prepare_key_ring(connection: asyncpg.Connection) -> None:
         await load_transit_key_ring(connection)
 
 
+async def key_ring_for(connection: asyncpg.Connection) -> KeyRing:
+    """The process's ring, for a command holding ``connection``: transit loads it through it."""
+    await prepare_key_ring(connection)
+    return get_key_ring()
+
+
 def get_key_ring() -> KeyRing:
     global _key_ring
     if _key_ring is None:
