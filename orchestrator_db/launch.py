@@ -324,11 +324,11 @@ def check_settings(serve: bool) -> dict[str, str]:
     get_settings()  # a malformed variable is a ConfigurationError naming it
     embedded = configured_database_url() is None
     check_database_url()
+    if serve:
+        check_admin_port()
     passwords = role_passwords(embedded)
     ensure_dev_keys()
     check_key_ring()
-    if serve:
-        check_admin_port()
     return passwords
 
 

@@ -206,8 +206,11 @@ async def test_busy_admin_port_is_one_line_before_anything(test_db, migrated_dat
         taken.listen()
         port = taken.getsockname()[1]
 
-        result = await asyncio.to_thread(
-            _launch, **_settings(test_db, tmp_path, DATABASE_URL=url, ORCHESTRATOR_DB_ADMIN_PORT=str(port))
+        result = await asyncio.to_thread(  # no key ring either: the port is the one thing said
+            _launch,
+            **_settings(
+                test_db, tmp_path, DATABASE_URL=url, ORCHESTRATOR_DB_ADMIN_PORT=str(port), ORCHESTRATOR_DB_KEYS=""
+            ),
         )
 
     output = _one_error_line(result)
