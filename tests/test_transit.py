@@ -346,3 +346,29 @@ async def test_readme_transit_commands_run_as_written(bao, transit_db, owner_poo
     app = App(transit_db, bao.transit_env())
     assert app.ask(op="get", user="transit-dave", type="alpaca") == {"api_key": "AK-d", "secret_key": "SK-d"}
     app.close()
+
+
+async def test_no_token_or_key_in_logs_or_reprs(bao, caplog) -> None:
+    """Make sure the Transit token, wrapped and unwrapped data keys never show in a repr
+    or in any log line (every logger at DEBUG), while a real key round-trips."""
+    import base64
+    import logging
+
+    from orchestrator_db.crypto.transit import TransitClient
+    from orchestrator_db.settings import Settings, TransitSettings
+
+    settings = TransitSettings(
+        addr=bao.addr, mount="transit", key_name="orchestrator_db", token=bao.token,
+        role_id=None, secret_id="a-secret-id", approle_mount="approle", timeout=5.0,
+    )
+    client = TransitClient(settings)
+    with caplog.at_level(logging.DEBUG):
+        wrapped = client.generate_data_key()
+        key = client.unwrap(wrapped.ciphertext)
+    assert len(key) == 32
+    assert "/v1/transit/" in caplog.text  # the HTTP client did log: the scan below sees its lines
+    everything = caplog.text + repr(settings) + repr(client) + repr(wrapped) + repr(
+        Settings(ORCHESTRATOR_DB_TRANSIT_TOKEN=bao.token, ORCHESTRATOR_DB_TRANSIT_SECRET_ID="a-secret-id")
+    )
+    for secret in (bao.token, "a-secret-id", wrapped.ciphertext, base64.b64encode(key).decode()):
+        assert secret not in everything
