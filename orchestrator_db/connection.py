@@ -181,8 +181,8 @@ async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
     if engine.pool is None:
         try:
             return await engine.get_new_connection(), False
-        except CONNECTION_FAILURES as error:
-            raise connection_lost(error) from error
+        except DRIVER_ERRORS as error:
+            raise database_error(error) from _chain(error)
     timeout = database_settings().pool_acquire_timeout
     try:
         # asyncio.timeout, not acquire(timeout=): that one wraps every
@@ -196,8 +196,8 @@ async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
             "ORCHESTRATOR_DB_POOL_MAX_SIZE or ORCHESTRATOR_DB_POOL_TIMEOUT, "
             "or hold scopes for less time"
         ) from None
-    except CONNECTION_FAILURES as error:
-        raise connection_lost(error) from error
+    except DRIVER_ERRORS as error:  # e.g. a new pooled connection refused its login
+        raise database_error(error) from _chain(error)
 
 
 async def release(engine: PostgresEngine, raw: Any, pooled: bool) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 from orchestrator_db.checks import describe, inspect_deployment, rls_bypasses
 from orchestrator_db.connection import (
-    CONNECTION_FAILURES,
+    DRIVER_ERRORS,
     ScopeConnection,
     acquire,
-    connection_lost,
+    database_error,
     discard,
     release,
 )
@@ -86,8 +86,8 @@ async def _refuse_rls_bypass(raw: Any) -> None:
         return
     try:
         findings = await inspect_deployment(raw)
-    except CONNECTION_FAILURES as error:
-        raise connection_lost(error) from error
+    except DRIVER_ERRORS as error:
+        raise database_error(error) from None
     bypasses = rls_bypasses(findings)
     if bypasses:
         raise ScopeError(

@@ -20,9 +20,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from orchestrator_db.admin.audit import SECRET_REPLACED, record
-from orchestrator_db.admin.views import CredentialRow, UserRow
+from orchestrator_db.admin.views import CredentialRow
 from orchestrator_db.connection import fetcher
-from orchestrator_db.credentials import write_credential
+from orchestrator_db.credentials import Fetch, write_credential
 from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, SECRET_COLUMNS
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import AccountNotFound
@@ -65,11 +65,18 @@ class CredentialSecretForm(BaseModel):
             ) from None
 
 
-async def _find_user_id(user: str) -> str:
-    row = await UserRow.select(UserRow.id).where((UserRow.email == user) | (UserRow.id == user)).first()
-    if row is None:
+# Schema-qualified, like every name in the write path; an exact id wins over an e-mail.
+_FIND_USER = (
+    'SELECT u.id FROM public."user" AS u WHERE u.email = $1 OR u.id = $1 '
+    "ORDER BY u.id = $1 DESC LIMIT 1"
+)
+
+
+async def _find_user_id(fetch: Fetch, user: str) -> str:
+    rows = await fetch(_FIND_USER, user)
+    if not rows:
         raise ValueError(f"No user with e-mail or id {user!r}.")
-    return row["id"]
+    return rows[0]["id"]
 
 
 async def store_credential_secrets(request: Request, data: CredentialSecretForm) -> str:
@@ -93,9 +100,10 @@ async def store_credential_secrets(request: Request, data: CredentialSecretForm)
         raise ValueError(f"Invalid {problems}.") from None
 
     async with CredentialRow._meta.db.transaction() as transaction:
-        user_id = await _find_user_id(data.user.strip())
+        fetch = fetcher(transaction.connection)
+        user_id = await _find_user_id(fetch, data.user.strip())
         try:
-            written = await write_credential(fetcher(transaction.connection), user_id, checked)
+            written = await write_credential(fetch, user_id, checked)
         except AccountNotFound:
             raise ValueError("That user has no trading account yet.") from None
         row_id = written.row["id"]

@@ -27,7 +27,7 @@ VERSION = "1.38.0"
 DESCRIPTION = "pinned search_path on every function, race-free credential slot, v2 in admin view"
 
 SETTING = "app.current_user_id"
-PINNED = "SET search_path = pg_catalog, pg_temp"
+SEARCH_PATH = "pg_catalog, pg_temp"
 
 _LOCK_CREDENTIAL = """
     SELECT c.user_account_id, c.id
@@ -42,21 +42,21 @@ _ENVELOPE = r"'^v[12]\.[A-Za-z0-9_-]{{1,32}}\.[A-Za-z0-9_-]+$'"
 
 FORWARDS = [
     f"""CREATE OR REPLACE FUNCTION public.orchestrator_db_touch_updated_at() RETURNS trigger
-        LANGUAGE plpgsql {PINNED} AS $$
+        LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $$
         BEGIN
             NEW.updated_at := pg_catalog.now();
             RETURN NEW;
         END
         $$""",
     f"""CREATE OR REPLACE FUNCTION public.orchestrator_db_audit_append_only() RETURNS trigger
-        LANGUAGE plpgsql {PINNED} AS $$
+        LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $$
         BEGIN
             RAISE EXCEPTION 'admin_audit_log is append-only'
                 USING ERRCODE = 'insufficient_privilege';
         END
         $$""",
     f"""CREATE OR REPLACE FUNCTION public.orchestrator_db_credentials_admin_update()
-        RETURNS trigger LANGUAGE plpgsql {PINNED} AS $$
+        RETURNS trigger LANGUAGE plpgsql SET search_path = {SEARCH_PATH} AS $$
         BEGIN
             IF (NEW.is_active, NEW.expires_at) IS DISTINCT FROM (OLD.is_active, OLD.expires_at) THEN
                 UPDATE public.user_credentials
@@ -73,7 +73,7 @@ FORWARDS = [
     f"""CREATE OR REPLACE FUNCTION public.orchestrator_db_credential_slot(
             p_user_id text, p_credential_type text)
         RETURNS TABLE (account_id uuid, credential_id uuid)
-        LANGUAGE plpgsql VOLATILE SECURITY INVOKER {PINNED} AS $$
+        LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = {SEARCH_PATH} AS $$
         DECLARE
             v_account uuid;
         BEGIN
@@ -127,7 +127,7 @@ SCOPED_READS = {
 for signature, (returns, query) in SCOPED_READS.items():
     FORWARDS.append(
         f"CREATE OR REPLACE FUNCTION public.{signature} RETURNS SETOF {returns} "
-        f"LANGUAGE plpgsql VOLATILE SECURITY INVOKER {PINNED} AS $$ BEGIN "
+        f"LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = {SEARCH_PATH} AS $$ BEGIN "
         f"PERFORM pg_catalog.set_config('{SETTING}', p_user_id, true); "
         f"RETURN QUERY {query}; END $$"
     )
