@@ -60,6 +60,13 @@ def pool_bounds() -> tuple[int, int]:
     return settings.pool_min_size, settings.pool_max_size
 
 
+def raw_pool_options() -> dict[str, int]:
+    """A raw asyncpg pool configured like the package's: bounds and statement cache."""
+    low, high = pool_bounds()
+    return {"min_size": low, "max_size": high,
+            "statement_cache_size": database_settings().statement_cache_size}
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -129,8 +136,7 @@ class NaiveRaw(Implementation):
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        low, high = pool_bounds()
-        self.pool = await asyncpg.create_pool(self.url, min_size=low, max_size=high)
+        self.pool = await asyncpg.create_pool(self.url, **raw_pool_options())
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -200,8 +206,7 @@ class OneRoundTripRaw(Implementation):
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        low, high = pool_bounds()
-        self.pool = await asyncpg.create_pool(self.url, min_size=low, max_size=high, reset=_no_reset)
+        self.pool = await asyncpg.create_pool(self.url, reset=_no_reset, **raw_pool_options())
 
     async def close(self) -> None:
         if self.pool is not None:
