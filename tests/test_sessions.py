@@ -367,7 +367,7 @@ async def test_lookup_uses_the_database_clock(better_auth, config, owner) -> Non
     process's clock says."""
     issued = await better_auth.sign_up(config)
     await owner.execute(
-        'UPDATE "session" SET "expiresAt" = now() + interval \'2 seconds\' WHERE "userId" = $1',
+        'UPDATE "session" SET "expiresAt" = now() + interval \'1 minute\' WHERE "userId" = $1',
         issued.user_id,
     )
     assert await authenticate(cookie=issued.cookie) == issued.user_id
