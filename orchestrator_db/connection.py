@@ -119,16 +119,13 @@ def fetcher(raw: Any) -> Any:
 class ScopeConnection:
     """A pooled connection whose transaction (and RLS setting) begins on first write."""
 
-    __slots__ = ("raw", "_begin_sql", "began", "owner_task")
+    __slots__ = ("raw", "user_id", "began", "owner_task")
 
-    def __init__(self, raw: Any, user_id: str) -> None:
+    def __init__(self, raw: Any, user_id: str, owner_task: object) -> None:
         self.raw = raw
+        self.user_id = user_id
         self.began = False
-        self.owner_task = asyncio.current_task()
-        self._begin_sql = (
-            "BEGIN; SELECT pg_catalog.set_config("
-            f"'{CURRENT_USER_SETTING}', {_sql_literal(user_id)}, true)"
-        )
+        self.owner_task = owner_task
 
     def _check_task(self) -> None:
         if asyncio.current_task() is not self.owner_task:
@@ -151,7 +148,11 @@ class ScopeConnection:
     async def begin(self) -> None:
         self._check_task()
         if not self.began:
-            await self._execute(self._begin_sql)
+            # Built here, not per scope: most scopes only read, and never begin.
+            await self._execute(
+                "BEGIN; SELECT pg_catalog.set_config("
+                f"'{CURRENT_USER_SETTING}', {_sql_literal(self.user_id)}, true)"
+            )
             self.began = True
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -18,13 +18,14 @@ in for ours.
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pydantic import TypeAdapter
+from pydantic import SecretStr, TypeAdapter
 
 from orchestrator_db.connection import ScopeConnection
 from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, cells, row_cells, seal, unseal
@@ -39,6 +40,7 @@ from orchestrator_db.errors import (
     UserNotFound,
 )
 from orchestrator_db.models import (
+    CREDENTIAL_TYPE_PATTERN,
     CredentialType,
     UserAccount,
     UserAccountCreate,
@@ -46,7 +48,7 @@ from orchestrator_db.models import (
     UserCredentialInput,
     validate_credential_input,
 )
-from orchestrator_db.tables import UserAccounts
+from orchestrator_db.tables import CREDENTIAL_TYPE_MAX_LENGTH, UserAccounts
 
 SCHEMA = "public"
 ACCOUNTS = f"{SCHEMA}.{UserAccounts._meta.tablename}"
@@ -54,6 +56,21 @@ CREDENTIALS = f"{SCHEMA}.{CREDENTIALS_TABLE}"
 _FUNCTIONS = f"{SCHEMA}.orchestrator_db"
 
 _credential_type = TypeAdapter(CredentialType)
+_CREDENTIAL_TYPE = re.compile(CREDENTIAL_TYPE_PATTERN)
+
+
+def _check_credential_type(credential_type: object) -> None:
+    """CredentialType's rules; the common valid case without pydantic's call overhead.
+
+    Anything the fast check does not accept goes through the TypeAdapter,
+    so an invalid value raises the same ValidationError as before.
+    """
+    if (
+        type(credential_type) is not str
+        or len(credential_type) > CREDENTIAL_TYPE_MAX_LENGTH
+        or _CREDENTIAL_TYPE.fullmatch(credential_type) is None
+    ):
+        _credential_type.validate_python(credential_type)
 
 # Reads: a one-statement form for a scope that has not begun (the scoped
 # function sets the user itself) and a plain form for inside the transaction.
@@ -279,7 +296,7 @@ class UserScope:
 
     async def get_credential(self, credential_type: str) -> UserCredential:
         """The active, unexpired credential, decrypted; else CredentialNotFound."""
-        _credential_type.validate_python(credential_type)
+        _check_credential_type(credential_type)
         rows = await self._connection.read(
             _CREDENTIAL_ONE_SHOT, _CREDENTIAL_IN_TX, self.user_id, credential_type
         )
@@ -311,12 +328,12 @@ class UserScope:
         return [self._decrypted(row) for row in rows]
 
     async def deactivate_credential(self, credential_type: str) -> None:
-        _credential_type.validate_python(credential_type)
+        _check_credential_type(credential_type)
         if not await self._connection.fetch(_DEACTIVATE, self.user_id, credential_type):
             raise CredentialNotFound(credential_type, "missing")
 
     async def delete_credential(self, credential_type: str) -> None:
-        _credential_type.validate_python(credential_type)
+        _check_credential_type(credential_type)
         if not await self._connection.fetch(
             _DELETE_CREDENTIAL, self.user_id, credential_type
         ):
@@ -335,14 +352,23 @@ class UserScope:
 
     @staticmethod
     def _model(row: asyncpg.Record, api_key: str, secret_key: str) -> UserCredential:
-        values: dict[str, Any] = {
-            key: row[key] for key in _CREDENTIAL_FIELDS if key not in _SECRET_FIELDS
-        }
+        """The read model of a stored row, built without re-validating it.
+
+        ``model_construct`` is safe here, and saves most of the read path's
+        pydantic cost: every value comes from a typed column of our own
+        table (uuid, text, boolean, timestamptz; NOT NULL and CHECKs as the
+        model says), read back by asyncpg as the model's Python types; the
+        row's owner was checked; ``expires_at`` is made aware (asyncpg reads
+        'infinity' naive); and the secrets are strings that just decrypted
+        and decoded as UTF-8, wrapped in SecretStr as the model declares.
+        """
+        values: dict[str, Any] = {key: row[key] for key in _PLAIN_FIELDS}
         values["expires_at"] = _aware(values["expires_at"])
-        values["api_key"] = api_key
-        values["secret_key"] = secret_key
-        return UserCredential.model_validate(values)
+        values["api_key"] = SecretStr(api_key)
+        values["secret_key"] = SecretStr(secret_key)
+        return UserCredential.model_construct(_ALL_FIELDS, **values)
 
 
-_CREDENTIAL_FIELDS = tuple(UserCredential.model_fields)
 _SECRET_FIELDS = frozenset({"api_key", "secret_key"})
+_ALL_FIELDS = frozenset(UserCredential.model_fields)
+_PLAIN_FIELDS = tuple(name for name in UserCredential.model_fields if name not in _SECRET_FIELDS)

@@ -103,13 +103,15 @@ AccountName = Annotated[
     ),
     AfterValidator(_storable),
 ]
+#: Lower-case provider ids such as ``alpaca`` or ``polygon.io``.
+CREDENTIAL_TYPE_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 CredentialType = Annotated[
     str,
     StringConstraints(
         strict=True,
         min_length=1,
         max_length=CREDENTIAL_TYPE_MAX_LENGTH,
-        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        pattern=CREDENTIAL_TYPE_PATTERN,
     ),
 ]
 Secret = Annotated[

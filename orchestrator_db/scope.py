@@ -17,8 +17,6 @@ import contextvars
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from orchestrator_db.checks import describe, inspect_deployment, rls_bypasses
@@ -98,58 +96,89 @@ async def _refuse_rls_bypass(raw: Any) -> None:
     _verified_connections.add(server_connection)
 
 
-@asynccontextmanager
-async def user_scope(
-    user_id: str, *, allow_rls_bypass: bool = False
-) -> AsyncIterator[UserScope]:
+class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(uid)``
     """Everything inside runs as ``user_id``, in one transaction, under RLS.
 
-    ``allow_rls_bypass=True`` skips the refusal to run as a superuser,
-    BYPASSRLS role or unforced owner; it exists only for tests of that
-    refusal and of the policies themselves, never for production code.
-    """
-    validate_user_id(user_id)
-    active = _active_scope.get()
-    # A task started inside a scope inherits the context variable, but not
-    # the right to use that scope's connection: it opens its own.
-    if active is not None and active.owner_task is asyncio.current_task():
-        if active.user_id != user_id:
-            raise ScopeError(
-                "a user_scope for another user is already active in this task; "
-                "finish it before opening a scope for a different user"
-            )
-        yield active
-        return
+    ``async with user_scope(user_id) as scope:`` yields a :class:`UserScope`.
+    The transaction commits when the block ends and rolls back if it
+    raises. ``allow_rls_bypass=True`` skips the refusal to run as a
+    superuser, BYPASSRLS role or unforced owner; it exists only for tests of
+    that refusal and of the policies themselves, never for production code.
 
-    engine = get_engine()
-    raw, pooled = await acquire(engine)
-    connection = ScopeConnection(raw, user_id)
-    scope = UserScope(user_id, connection)
-    scope_token = _active_scope.set(scope)
-    piccolo_token = engine.current_transaction.set(
-        _PiccoloTransaction(connection)  # type: ignore[arg-type]
-    )
-    try:
-        if not allow_rls_bypass:
-            await _refuse_rls_bypass(raw)
-        try:
-            yield scope
-        except BaseException:
+    A class rather than an ``@asynccontextmanager`` generator: it is entered
+    on every credential lookup, and a generator costs several microseconds
+    more per scope (issue 14's profile).
+    """
+
+    __slots__ = ("_user_id", "_allow_rls_bypass", "_opened", "_tokens")
+
+    def __init__(self, user_id: str, *, allow_rls_bypass: bool = False) -> None:
+        validate_user_id(user_id)
+        self._user_id = user_id
+        self._allow_rls_bypass = allow_rls_bypass
+        self._opened: tuple[Any, ScopeConnection, bool] | None = None
+        self._tokens: tuple[Any, Any] | None = None
+
+    async def __aenter__(self) -> UserScope:
+        user_id = self._user_id
+        task = asyncio.current_task()
+        active = _active_scope.get()
+        # A task started inside a scope inherits the context variable, but not
+        # the right to use that scope's connection: it opens its own.
+        if active is not None and active.owner_task is task:
+            if active.user_id != user_id:
+                raise ScopeError(
+                    "a user_scope for another user is already active in this task; "
+                    "finish it before opening a scope for a different user"
+                )
+            return active  # the outer scope commits or rolls back
+        engine = get_engine()
+        raw, pooled = await acquire(engine)
+        connection = ScopeConnection(raw, user_id, task)
+        scope = UserScope(user_id, connection)
+        self._opened = (engine, connection, pooled)
+        self._tokens = (
+            _active_scope.set(scope),
+            engine.current_transaction.set(
+                _PiccoloTransaction(connection)  # type: ignore[arg-type]
+            ),
+        )
+        if not self._allow_rls_bypass:
             try:
-                await connection.finish(commit=False)
-            except Exception:  # the connection is gone; the server rolls back
-                logger.warning("rollback failed; the connection will be discarded")
-                discard(raw)
-            raise
+                await _refuse_rls_bypass(raw)
+            except BaseException:
+                await self._close()
+                raise
+        return scope
+
+    async def __aexit__(self, error_type: Any, error: Any, traceback: Any) -> None:
+        if self._opened is None:
+            return  # a nested scope of the same user
+        connection = self._opened[1]
         try:
-            await connection.finish(commit=True)
-        except BaseException:
-            discard(raw)  # after a failed COMMIT its state is unknown
-            raise
-    finally:
+            if error_type is not None:
+                try:
+                    await connection.finish(commit=False)
+                except Exception:  # the connection is gone; the server rolls back
+                    logger.warning("rollback failed; the connection will be discarded")
+                    discard(connection.raw)
+            else:
+                try:
+                    await connection.finish(commit=True)
+                except BaseException:
+                    discard(connection.raw)  # after a failed COMMIT its state is unknown
+                    raise
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        assert self._opened is not None and self._tokens is not None
+        engine, connection, pooled = self._opened
+        scope_token, piccolo_token = self._tokens
+        self._opened = self._tokens = None
         engine.current_transaction.reset(piccolo_token)
         _active_scope.reset(scope_token)
-        await release(engine, raw, pooled)
+        await release(engine, connection.raw, pooled)
 
 
 def current_scope() -> UserScope | None:

@@ -83,7 +83,8 @@ def must_accept_credential_type(value: str) -> bool:
 
 
 def must_accept_secret(value: str) -> bool:
-    return 1 <= len(value) <= 4096 and _utf8(value)
+    """At most 4096 characters of storable text, not all of them white space."""
+    return 1 <= len(value) <= 4096 and _utf8(value) and not all(ch.isspace() for ch in value)
 
 
 def must_accept_user_id(value: object) -> bool:
