@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.sealing import CREDENTIALS_TABLE, open_row, seal_credential, seal_row
-from orchestrator_db import close_pool, open_pool, user_scope
+from orchestrator_db import close_pool, open_pool, put_credential, user_scope
 from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 
@@ -88,10 +88,13 @@ class Implementation:
 
 
 class PackageAPI(Implementation):
-    """(a) ``user_scope(uid)`` + ``get_credential`` / ``list_credentials`` / ``put_credential``.
+    """(a) ``user_scope(uid)`` + ``get_credential`` / ``list_credentials``; W3 ``put_credential(uid, ...)``.
 
-    Reads: 1 round trip (scoped SQL function). Put: 4 (BEGIN + set_config,
-    lock slot, UPDATE, COMMIT). The pool's reset is a no-op.
+    Reads: 1 round trip (scoped SQL function). Put: the standalone
+    ``orchestrator_db.put_credential``, its own transaction: 2 round trips
+    (scoped slot lookup, then a scoped upsert that commits by itself); a put
+    inside a user_scope takes 4 (BEGIN + set_config, locking lookup, write,
+    COMMIT). The pool's reset is a no-op.
     """
 
     key, label = "a", "orchestrator_db public API"
@@ -116,8 +119,7 @@ class PackageAPI(Implementation):
         return [(c.api_key.get_secret_value(), c.secret_key.get_secret_value()) for c in credentials]
 
     async def put_one(self, user_id: str, api_key: str, secret_key: str) -> Any:
-        async with user_scope(user_id) as scope:
-            credential = await scope.put_credential(W1_TYPE, api_key, secret_key)
+        credential = await put_credential(user_id, W1_TYPE, api_key, secret_key)
         return credential.id
 
 

@@ -7,6 +7,9 @@ What an app imports::
     async with connected():
         async with user_scope(user_id) as scope:
             credential = await scope.get_credential("alpaca")
+
+    # or one operation as its own transaction (a put in two round trips):
+    await put_credential(user_id, "alpaca", api_key, secret_key)
 """
 
 from orchestrator_db.credentials import UserScope
@@ -31,6 +34,7 @@ from orchestrator_db.errors import (
 from orchestrator_db.models import UserAccount, UserCredential
 from orchestrator_db.scope import current_scope, user_scope
 from orchestrator_db.sessions import authenticate
+from orchestrator_db.standalone import get_credential, put_credential
 from orchestrator_db.web import current_user_scope
 
 __all__ = [
@@ -57,6 +61,8 @@ __all__ = [
     "connected",
     "current_scope",
     "current_user_scope",
+    "get_credential",
     "open_pool",
+    "put_credential",
     "user_scope",
 ]

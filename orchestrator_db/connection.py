@@ -170,11 +170,35 @@ class ScopeConnection:
             return await self._fetch(in_transaction_sql, *args)
         return await self._fetch(one_shot_sql, *args)
 
+    async def fetch_alone(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement as its own transaction; only before the scope has begun one."""
+        self._check_task()
+        if self.began:
+            raise ScopeError("a statement of its own cannot run inside the scope's transaction")
+        return await self._fetch(sql, *args)
+
     async def finish(self, commit: bool) -> None:
         if not self.began:
             return
         self.began = False
         await self._execute("COMMIT" if commit else "ROLLBACK")
+
+
+def _connected_one_is_free(pool: Any) -> bool:
+    """Whether the pool's next acquire hands over a connected connection at once.
+
+    Then the acquire cannot wait, and needs no timer: a timer per acquire
+    costs a TimerHandle and heap pushes among all the cancelled ones on
+    every scope (issue 14's profile). asyncpg keeps its free connection
+    holders in an asyncio.LifoQueue (``_queue``), and the next acquire
+    takes the last one; if that one still has to connect, or asyncpg
+    changes these internals, the acquire takes the bounded path instead.
+    """
+    free = getattr(getattr(pool, "_queue", None), "_queue", None)
+    if not free:
+        return False
+    is_connected = getattr(free[-1], "is_connected", None)
+    return bool(is_connected is not None and is_connected())
 
 
 async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
@@ -184,16 +208,22 @@ async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
             return await engine.get_new_connection(), False
         except DRIVER_ERRORS as error:
             raise database_error(error) from _chain(error)
+    pool = engine.pool
+    if _connected_one_is_free(pool):
+        try:
+            return await pool.acquire(), True
+        except DRIVER_ERRORS as error:  # e.g. a replaced connection refused its login
+            raise database_error(error) from _chain(error)
     timeout = database_settings().pool_acquire_timeout
     try:
-        # asyncio.timeout, not acquire(timeout=): that one wraps every
-        # acquire in wait_for and a new Task, tens of µs on the hot path.
+        # asyncio.timeout, not acquire(timeout=): that one adds wait_for's
+        # timers and bookkeeping to every acquire.
         async with asyncio.timeout(timeout):
-            return await engine.pool.acquire(), True
+            return await pool.acquire(), True
     except TimeoutError:  # before OSError: TimeoutError is one
         raise PoolTimeout(
             f"no database connection became free within {timeout:g}s "
-            f"(pool max_size {engine.pool.get_max_size()}); raise "
+            f"(pool max_size {pool.get_max_size()}); raise "
             "ORCHESTRATOR_DB_POOL_MAX_SIZE or ORCHESTRATOR_DB_POOL_TIMEOUT, "
             "or hold scopes for less time"
         ) from None

@@ -28,7 +28,7 @@ import asyncpg
 from pydantic import SecretStr, TypeAdapter
 
 from orchestrator_db.connection import ScopeConnection
-from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, cells, row_cells, seal, unseal
+from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, cells, seal, unseal_row
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import (
     AccountExists,
@@ -209,6 +209,65 @@ async def write_credential(
     )
 
 
+# The write of a put that is its own transaction: two round trips, no lock.
+_SLOT_ALONE = f"SELECT account_id, credential_id FROM {_FUNCTIONS}_scoped_slot($1, $2)"
+_PUT_ALONE = f"SELECT * FROM {_FUNCTIONS}_scoped_put($1, $2, $3, $4, $5, $6, $7)"
+_FOREIGN_KEY_VIOLATION = "23503"
+
+
+async def write_credential_alone(
+    fetch_alone: Fetch, user_id: str, data: UserCredentialInput
+) -> asyncpg.Record:
+    """Seal and write a credential as its own transaction, in two round trips.
+
+    The first looks the slot up without a lock; the second upserts only if
+    the slot still holds the row the envelopes were sealed for (see the
+    migration of ``orchestrator_db_scoped_put``), and commits by itself.
+    When another writer changed the slot in between, or the account went
+    away (a foreign-key violation: it may have been re-created), it looks
+    again; the same race-safety as :func:`write_credential`'s locks, without
+    holding any.
+    """
+    ring = get_key_ring()
+    secrets = {
+        "api_key": data.api_key.get_secret_value(),
+        "secret_key": data.secret_key.get_secret_value(),
+    }
+    for _ in range(_WRITE_ATTEMPTS):
+        slot = await fetch_alone(_SLOT_ALONE, user_id, data.credential_type)
+        if not slot:
+            raise AccountNotFound(f"user {user_id!r} has no account; call create_account first")
+        account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
+        row_id = existing_id if existing_id is not None else uuid.uuid4()
+        cell = cells(
+            row_id=row_id,
+            user_id=user_id,
+            account_id=account_id,
+            credential_type=data.credential_type,
+        )
+        try:
+            rows = await fetch_alone(
+                _PUT_ALONE,
+                user_id,
+                row_id,
+                account_id,
+                data.credential_type,
+                seal(ring, secrets["api_key"], cell["api_key"]),
+                seal(ring, secrets["secret_key"], cell["secret_key"]),
+                data.expires_at,
+            )
+        except ConstraintViolation as error:
+            if error.sqlstate != _FOREIGN_KEY_VIOLATION:
+                raise
+            continue  # the account is gone, or was re-created: look again
+        if rows:
+            return rows[0]
+    raise TransactionConflict(
+        f"the {data.credential_type!r} credential kept changing during the write; "
+        "nothing was written by this call: retry it"
+    )
+
+
 def _unexpired(expires_at: datetime.datetime | None, now: datetime.datetime) -> bool:
     moment = _aware(expires_at)
     return moment is None or moment > now
@@ -294,6 +353,23 @@ class UserScope:
             written.row, data.api_key.get_secret_value(), data.secret_key.get_secret_value()
         )
 
+    async def _put_alone(
+        self,
+        credential_type: str,
+        api_key: str,
+        secret_key: str,
+        expires_at: datetime.datetime | None = None,
+    ) -> UserCredential:
+        """put_credential as its own transaction (see standalone.put_credential)."""
+        data = validate_credential_input(
+            credential_type=credential_type,
+            api_key=api_key,
+            secret_key=secret_key,
+            expires_at=expires_at,
+        )
+        row = await write_credential_alone(self._connection.fetch_alone, self.user_id, data)
+        return self._model(row, data.api_key.get_secret_value(), data.secret_key.get_secret_value())
+
     async def get_credential(self, credential_type: str) -> UserCredential:
         """The active, unexpired credential, decrypted; else CredentialNotFound."""
         _check_credential_type(credential_type)
@@ -344,10 +420,7 @@ class UserScope:
     def _decrypted(self, row: asyncpg.Record) -> UserCredential:
         if row["user_id"] != self.user_id:  # RLS makes this impossible; be sure.
             raise ScopeError("the database returned another user's row")
-        ring = get_key_ring()
-        cell = row_cells(row)
-        api_key = unseal(ring, row["api_key"], cell["api_key"])
-        secret_key = unseal(ring, row["secret_key"], cell["secret_key"])
+        api_key, secret_key = unseal_row(get_key_ring(), row)
         return self._model(row, api_key, secret_key)
 
     @staticmethod

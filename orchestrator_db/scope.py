@@ -143,7 +143,7 @@ class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(ui
                 _PiccoloTransaction(connection)  # type: ignore[arg-type]
             ),
         )
-        if not self._allow_rls_bypass:
+        if not self._allow_rls_bypass and _server_connection(raw) not in _verified_connections:
             try:
                 await _refuse_rls_bypass(raw)
             except BaseException:

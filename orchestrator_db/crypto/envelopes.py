@@ -36,6 +36,17 @@ CREDENTIALS_TABLE = UserCredentials._meta.tablename
 SECRET_COLUMNS = ("api_key", "secret_key")
 
 
+def _binding(
+    column: str, row_id: str, user_id: str, account_id: str, credential_type: str
+) -> tuple[str, ...]:
+    """The v2 binding: the one definition of what a credential secret is bound to."""
+    return (CREDENTIALS_TABLE, column, row_id, user_id, account_id, credential_type)
+
+
+def _v1_binding(column: str, row_id: str, user_id: str) -> tuple[str, ...]:
+    return (CREDENTIALS_TABLE, column, row_id, user_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """Where a credential secret lives: the row's identifying fields and its column."""
@@ -61,19 +72,12 @@ class Cell:
     @property
     def binding(self) -> tuple[str, ...]:
         """The v2 AAD binding, in its fixed order."""
-        return (
-            CREDENTIALS_TABLE,
-            self.column,
-            self.row_id,
-            self.user_id,
-            self.account_id,
-            self.credential_type,
-        )
+        return _binding(self.column, self.row_id, self.user_id, self.account_id, self.credential_type)
 
     @property
     def v1_binding(self) -> tuple[str, ...]:
         """What a v1 envelope was bound to."""
-        return (CREDENTIALS_TABLE, self.column, self.row_id, self.user_id)
+        return _v1_binding(self.column, self.row_id, self.user_id)
 
     @property
     def label(self) -> str:
@@ -116,3 +120,23 @@ def unseal(ring: KeyRing, envelope: str, cell: Cell) -> str:
     return ring.decrypt(
         envelope, binding=cell.binding, v1_binding=cell.v1_binding, label=cell.label
     )
+
+
+def unseal_row(ring: KeyRing, row: Mapping[str, Any]) -> tuple[str, str]:
+    """The api_key and secret_key of a stored row, each opened for exactly its cell.
+
+    The read path's form of :func:`unseal`: the same bindings, built once
+    per row rather than through a Cell per column.
+    """
+    row_id, user_id = str(row["id"]), row["user_id"]
+    account_id, credential_type = str(row["user_account_id"]), row["credential_type"]
+
+    def opened(column: str) -> str:
+        return ring.decrypt(
+            row[column],
+            binding=_binding(column, row_id, user_id, account_id, credential_type),
+            v1_binding=_v1_binding(column, row_id, user_id),
+            label=lambda: f"{CREDENTIALS_TABLE}.{column} for row {row_id!r}",
+        )
+
+    return opened("api_key"), opened("secret_key")

@@ -36,7 +36,7 @@ import binascii
 import datetime as _dt
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -343,12 +343,13 @@ class KeyRing:
         binding: Sequence[str],
         v1_binding: Sequence[str] | None = None,
         purpose: str = CREDENTIALS_PURPOSE,
-        label: str = "value",
+        label: str | Callable[[], str] = "value",
     ) -> str:
         """Open an envelope made by :meth:`encrypt` for the same binding.
 
         A v1 envelope opens only if ``v1_binding`` (what v1 bound) is given.
-        Any failure raises DecryptionError naming ``label`` (never the value);
+        Any failure raises DecryptionError naming ``label`` (never the value;
+        a callable label is only called then, off the hot path);
         the value is never passed through, so a ciphertext can never be
         mistaken for the secret itself.
         """
@@ -404,7 +405,8 @@ class KeyRing:
             return plaintext
         # Raised outside every except block so no exception holding secret
         # bytes (e.g. UnicodeDecodeError.object) is chained onto this one.
-        raise DecryptionError(f"cannot decrypt {label} (key id {kid!r}): {reason}")
+        named = label() if callable(label) else label
+        raise DecryptionError(f"cannot decrypt {named} (key id {kid!r}): {reason}")
 
     def key_id_of(self, envelope: str) -> str:
         """Key id an envelope was sealed with (syntactic, no decryption)."""

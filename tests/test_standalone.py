@@ -1,0 +1,165 @@
+"""One operation as its own transaction: put_credential in two round trips, as safe as a scope's.
+
+Round trips are counted on the wire, by a loopback proxy between the
+package's pool and the real PostgreSQL (orchestrator_db.devdb.roundtrips).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from orchestrator_db import (
+    AccountNotFound,
+    close_pool,
+    get_credential,
+    open_pool,
+    put_credential,
+    user_scope,
+)
+from orchestrator_db.devdb.roundtrips import CountingProxy
+from orchestrator_db.engine import forget_engine
+from orchestrator_db.settings import database_settings, use_settings
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _credentials(owner: asyncpg.Pool, user_id: str) -> dict[str, object]:
+    rows = await owner.fetch(
+        "SELECT credential_type, id FROM user_credentials WHERE user_id = $1", user_id
+    )
+    return {row["credential_type"]: row["id"] for row in rows}
+
+
+async def test_put_inserts_then_replaces_in_place(user_with_account, owner) -> None:
+    """Make sure a standalone put stores, replaces under the same row id, and reads back."""
+    first = await put_credential(user_with_account, "alpaca", "AK-1", "SK-1")
+    second = await put_credential(user_with_account, "alpaca", "AK-2", "SK-2")
+    assert second.id == first.id
+    assert await _credentials(owner, user_with_account) == {"alpaca": first.id}
+    read = await get_credential(user_with_account, "alpaca")
+    assert (read.api_key.get_secret_value(), read.secret_key.get_secret_value()) == ("AK-2", "SK-2")
+    assert "AK-2" not in repr(second) and "SK-2" not in repr(read)
+
+
+async def test_concurrent_first_puts_leave_one_row(user_with_account, owner) -> None:
+    """Make sure 200 concurrent first puts of one type all succeed and leave exactly one row,
+    holding one of the values that was put."""
+    values = [(f"AK-{i}", f"SK-{i}") for i in range(200)]
+    await asyncio.gather(
+        *(put_credential(user_with_account, "polygon", api, secret) for api, secret in values)
+    )
+    assert list(await _credentials(owner, user_with_account)) == ["polygon"]
+    stored = await get_credential(user_with_account, "polygon")
+    assert (stored.api_key.get_secret_value(), stored.secret_key.get_secret_value()) in values
+
+
+async def test_put_racing_account_deletion_and_recreation_is_typed(new_user, owner) -> None:
+    """Make sure puts racing delete_account + create_account either succeed or raise
+    AccountNotFound, never a driver error, and leave no credential outside an account."""
+    user_id = await new_user()
+    async with user_scope(user_id) as scope:
+        await scope.create_account("Paper")
+
+    async def churn() -> None:
+        for _ in range(15):
+            async with user_scope(user_id) as scope:
+                await scope.delete_account()
+            async with user_scope(user_id) as scope:
+                await scope.create_account("Paper")
+
+    async def put(index: int) -> str:
+        try:
+            await put_credential(user_id, "alpaca", f"AK-{index}", f"SK-{index}")
+        except AccountNotFound:
+            return "AccountNotFound"
+        return "stored"
+
+    outcomes = await asyncio.gather(churn(), *(put(i) for i in range(60)))
+    assert set(outcomes[1:]) <= {"stored", "AccountNotFound"}
+    assert "stored" in outcomes[1:]
+    orphans = await owner.fetchval(
+        "SELECT count(*) FROM user_credentials c WHERE NOT EXISTS "
+        "(SELECT 1 FROM user_accounts a WHERE a.id = c.user_account_id AND a.user_id = c.user_id)"
+    )
+    assert orphans == 0
+
+
+async def test_put_inside_a_scope_joins_its_transaction(user_with_account, owner) -> None:
+    """Make sure a standalone put inside a scope of the same user rolls back with that scope."""
+    with pytest.raises(RuntimeError, match="abandon"):
+        async with user_scope(user_with_account):
+            await put_credential(user_with_account, "alpaca", "AK-x", "SK-x")
+            raise RuntimeError("abandon the scope")
+    assert await _credentials(owner, user_with_account) == {}
+
+
+async def test_put_without_account_is_typed(new_user, owner) -> None:
+    """Make sure a standalone put for a user without an account raises AccountNotFound and writes nothing."""
+    user_id = await new_user()
+    with pytest.raises(AccountNotFound):
+        await put_credential(user_id, "alpaca", "AK", "SK")
+    assert await _credentials(owner, user_id) == {}
+
+
+@pytest_asyncio.fixture
+async def proxy() -> AsyncIterator[CountingProxy]:
+    """The package's pool pointed through a counting proxy, then back."""
+    parts = urlsplit(database_settings().url)
+    counting = CountingProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await counting.start()
+    await close_pool()
+    use_settings(database_url=counting.url_through(database_settings().url))
+    forget_engine()
+    await open_pool()
+    try:
+        yield counting
+    finally:
+        await close_pool()
+        use_settings()
+        forget_engine()
+        await open_pool()
+        await counting.close()
+
+
+async def test_round_trips_counted_on_the_wire(proxy, user_with_account) -> None:
+    """Make sure a standalone put takes two round trips, replacing or inserting, and a
+    read one, counted by a proxy between the pool and PostgreSQL."""
+    user_id = user_with_account
+    # Warm up: the pool's connection, its RLS check and prepared statements.
+    for credential_type in ("alpaca", "warmup"):
+        await put_credential(user_id, credential_type, "AK-0", "SK-0")
+        await get_credential(user_id, credential_type)
+        async with user_scope(user_id) as scope:
+            await scope.put_credential(credential_type, "AK-0", "SK-0")
+
+    async def counted(operation) -> int:  # type: ignore[no-untyped-def]
+        before = proxy.round_trips
+        await operation
+        return proxy.round_trips - before
+
+    assert await counted(put_credential(user_id, "alpaca", "AK-1", "SK-1")) == 2  # replace
+    assert await counted(put_credential(user_id, "polygon", "AK-2", "SK-2")) == 2  # first insert
+    assert await counted(get_credential(user_id, "polygon")) == 1
+    in_scope = user_scope(user_id)
+    before = proxy.round_trips
+    async with in_scope as scope:
+        await scope.put_credential("alpaca", "AK-3", "SK-3")
+    # BEGIN with the user setting, the locking lookup, the write, COMMIT.
+    assert proxy.round_trips - before == 4
+
+
+async def test_standalone_errors_are_typed(user_with_account) -> None:
+    """Make sure bad input to a standalone put is a typed refusal, not a driver error."""
+    from pydantic import ValidationError
+
+    for bad in (("Not A Type", "AK", "SK"), ("alpaca", "   ", "SK"), ("alpaca", "AK", "")):
+        with pytest.raises(ValidationError):
+            await put_credential(user_with_account, *bad)
+    with pytest.raises(ValueError):
+        await put_credential("", "alpaca", "AK", "SK")
