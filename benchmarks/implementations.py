@@ -20,7 +20,13 @@ from typing import Any
 import asyncpg
 
 from benchmarks.sealing import CREDENTIALS_TABLE, open_row, seal_credential, seal_row
-from orchestrator_db import close_pool, open_pool, put_credential, user_scope
+from orchestrator_db import (
+    close_pool,
+    get_credential,
+    list_credentials,
+    open_pool,
+    put_credential,
+)
 from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.settings import CURRENT_USER_SETTING, database_settings
 
@@ -88,10 +94,11 @@ class Implementation:
 
 
 class PackageAPI(Implementation):
-    """(a) ``user_scope(uid)`` + ``get_credential`` / ``list_credentials``; W3 ``put_credential(uid, ...)``.
+    """(a) the standalone ``get_credential`` / ``list_credentials`` / ``put_credential(uid, ...)``.
 
-    Reads: 1 round trip (scoped SQL function). Put: the standalone
-    ``orchestrator_db.put_credential``, its own transaction: 2 round trips
+    Each is one operation as its own transaction (orchestrator_db.standalone),
+    with every guarantee of a ``user_scope``. Reads: 1 round trip (scoped SQL
+    function). Put: 2 round trips
     (scoped slot lookup, then a scoped upsert that commits by itself); a put
     inside a user_scope takes 4 (BEGIN + set_config, locking lookup, write,
     COMMIT). The pool's reset is a no-op.
@@ -109,13 +116,11 @@ class PackageAPI(Implementation):
         await close_pool()
 
     async def get_one(self, user_id: str) -> Any:
-        async with user_scope(user_id) as scope:
-            credential = await scope.get_credential(W1_TYPE)
+        credential = await get_credential(user_id, W1_TYPE)
         return credential.api_key.get_secret_value(), credential.secret_key.get_secret_value()
 
     async def list_all(self, user_id: str) -> Any:
-        async with user_scope(user_id) as scope:
-            credentials = await scope.list_credentials()
+        credentials = await list_credentials(user_id)
         return [(c.api_key.get_secret_value(), c.secret_key.get_secret_value()) for c in credentials]
 
     async def put_one(self, user_id: str, api_key: str, secret_key: str) -> Any:

@@ -296,7 +296,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "too. The ratio to (b) moves with how idle the machine is (an idle VM makes each of (b)'s "
         "five round trips dearer); the ratio to (c) much less. " + _load_line(meta) + ".",
         "",
-        "Implementations: (a) this package's `user_scope(uid)` API; (b) naive raw asyncpg: default "
+        "Implementations: (a) this package's public API: the standalone `get_credential(uid, type)`, "
+        "`list_credentials(uid)` and `put_credential(uid, ...)`, each its own transaction with every "
+        "guarantee of a `user_scope`; (b) naive raw asyncpg: default "
         "pool, BEGIN, set_config, SELECT, COMMIT; (c) one-round-trip raw asyncpg: the scoped SQL "
         "function, no-op pool reset (the floor: one round trip per read, two per put); (d) SQLAlchemy 2 "
         "async with an AES-GCM TypeDecorator (its AAD binds table and column only). All run as the "

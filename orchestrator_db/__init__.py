@@ -8,7 +8,9 @@ What an app imports::
         async with user_scope(user_id) as scope:
             credential = await scope.get_credential("alpaca")
 
-    # or one operation as its own transaction (a put in two round trips):
+    # or one operation as its own transaction: a read in one round trip,
+    # a put in two
+    credential = await get_credential(user_id, "alpaca")
     await put_credential(user_id, "alpaca", api_key, secret_key)
 """
 
@@ -34,7 +36,7 @@ from orchestrator_db.errors import (
 from orchestrator_db.models import UserAccount, UserCredential
 from orchestrator_db.scope import current_scope, user_scope
 from orchestrator_db.sessions import authenticate
-from orchestrator_db.standalone import get_credential, put_credential
+from orchestrator_db.standalone import get_credential, list_credentials, put_credential
 from orchestrator_db.web import current_user_scope
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "current_scope",
     "current_user_scope",
     "get_credential",
+    "list_credentials",
     "open_pool",
     "put_credential",
     "user_scope",

@@ -97,7 +97,7 @@ def database_error(error: Exception) -> ConnectionLost | DatabaseError:
 DRIVER_ERRORS = (asyncpg.PostgresError, *CONNECTION_FAILURES)
 
 
-def _chain(error: BaseException) -> BaseException | None:
+def chained(error: BaseException) -> BaseException | None:
     """Keep a lost connection's cause for debugging; drop a server error, which may quote values."""
     if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ArgumentError):
         return error
@@ -111,7 +111,7 @@ def fetcher(raw: Any) -> Any:
         try:
             return await raw.fetch(sql, *args)
         except DRIVER_ERRORS as error:
-            raise database_error(error) from _chain(error)
+            raise database_error(error) from chained(error)
 
     return fetch
 
@@ -137,13 +137,13 @@ class ScopeConnection:
         try:
             return await self.raw.fetch(sql, *args)
         except DRIVER_ERRORS as error:
-            raise database_error(error) from _chain(error)
+            raise database_error(error) from chained(error)
 
     async def _execute(self, sql: str) -> None:
         try:
             await self.raw.execute(sql)
         except DRIVER_ERRORS as error:
-            raise database_error(error) from _chain(error)
+            raise database_error(error) from chained(error)
 
     async def begin(self) -> None:
         self._check_task()
@@ -207,13 +207,13 @@ async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
         try:
             return await engine.get_new_connection(), False
         except DRIVER_ERRORS as error:
-            raise database_error(error) from _chain(error)
+            raise database_error(error) from chained(error)
     pool = engine.pool
     if _connected_one_is_free(pool):
         try:
             return await pool.acquire(), True
         except DRIVER_ERRORS as error:  # e.g. a replaced connection refused its login
-            raise database_error(error) from _chain(error)
+            raise database_error(error) from chained(error)
     timeout = database_settings().pool_acquire_timeout
     try:
         # asyncio.timeout, not acquire(timeout=): that one adds wait_for's
@@ -228,7 +228,7 @@ async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:
             "or hold scopes for less time"
         ) from None
     except DRIVER_ERRORS as error:  # e.g. a new pooled connection refused its login
-        raise database_error(error) from _chain(error)
+        raise database_error(error) from chained(error)
 
 
 async def release(engine: PostgresEngine, raw: Any, pooled: bool) -> None:

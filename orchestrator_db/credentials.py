@@ -59,7 +59,7 @@ _credential_type = TypeAdapter(CredentialType)
 _CREDENTIAL_TYPE = re.compile(CREDENTIAL_TYPE_PATTERN)
 
 
-def _check_credential_type(credential_type: object) -> None:
+def check_credential_type(credential_type: object) -> None:
     """CredentialType's rules; the common valid case without pydantic's call overhead.
 
     Anything the fast check does not accept goes through the TypeAdapter,
@@ -76,11 +76,9 @@ def _check_credential_type(credential_type: object) -> None:
 # function sets the user itself) and a plain form for inside the transaction.
 _ACCOUNT_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_account($1)"
 _ACCOUNT_IN_TX = f"SELECT * FROM {ACCOUNTS} WHERE user_id = $1"
-_CREDENTIAL_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credential($1, $2)"
 _CREDENTIAL_IN_TX = (
     f"SELECT * FROM {CREDENTIALS} WHERE user_id = $1 AND credential_type = $2"
 )
-_CREDENTIALS_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credentials($1)"
 _CREDENTIALS_IN_TX = (
     f"SELECT * FROM {CREDENTIALS} WHERE user_id = $1 ORDER BY credential_type"
 )
@@ -268,6 +266,46 @@ async def write_credential_alone(
     )
 
 
+# Reads ######################################################################
+# Shared by a scope's reads and the standalone ones (standalone.py), which
+# fetch with the same one-statement SQL.
+CREDENTIAL_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credential($1, $2)"
+CREDENTIALS_ONE_SHOT = f"SELECT * FROM {_FUNCTIONS}_scoped_credentials($1)"
+
+
+def usable_credential(
+    user_id: str, credential_type: str, rows: list[asyncpg.Record]
+) -> UserCredential:
+    """The credential of a lookup's rows if it is active and unexpired; else CredentialNotFound."""
+    if not rows:
+        raise CredentialNotFound(credential_type, "missing")
+    row = rows[0]
+    if not row["is_active"]:
+        raise CredentialNotFound(credential_type, "inactive")
+    expires_at = _aware(row["expires_at"])
+    if expires_at is not None and expires_at <= _now():
+        raise CredentialNotFound(credential_type, "expired")
+    return opened_credential(user_id, row)
+
+
+def usable_credentials(
+    user_id: str, rows: list[asyncpg.Record], include_inactive: bool
+) -> list[UserCredential]:
+    """The listed rows, decrypted: the usable ones, or all with ``include_inactive``."""
+    if not include_inactive:
+        now = _now()
+        rows = [row for row in rows if row["is_active"] and _unexpired(row["expires_at"], now)]
+    return [opened_credential(user_id, row) for row in rows]
+
+
+def opened_credential(user_id: str, row: asyncpg.Record) -> UserCredential:
+    """A stored row, its owner checked, its secrets decrypted into the read model."""
+    if row["user_id"] != user_id:  # RLS makes this impossible; be sure.
+        raise ScopeError("the database returned another user's row")
+    api_key, secret_key = unseal_row(get_key_ring(), row)
+    return credential_model(row, api_key, secret_key)
+
+
 def _unexpired(expires_at: datetime.datetime | None, now: datetime.datetime) -> bool:
     moment = _aware(expires_at)
     return moment is None or moment > now
@@ -349,7 +387,7 @@ class UserScope:
             expires_at=expires_at,
         )
         written = await write_credential(self._connection.fetch, self.user_id, data)
-        return self._model(
+        return credential_model(
             written.row, data.api_key.get_secret_value(), data.secret_key.get_secret_value()
         )
 
@@ -368,78 +406,54 @@ class UserScope:
             expires_at=expires_at,
         )
         row = await write_credential_alone(self._connection.fetch_alone, self.user_id, data)
-        return self._model(row, data.api_key.get_secret_value(), data.secret_key.get_secret_value())
+        return credential_model(row, data.api_key.get_secret_value(), data.secret_key.get_secret_value())
 
     async def get_credential(self, credential_type: str) -> UserCredential:
         """The active, unexpired credential, decrypted; else CredentialNotFound."""
-        _check_credential_type(credential_type)
+        check_credential_type(credential_type)
         rows = await self._connection.read(
-            _CREDENTIAL_ONE_SHOT, _CREDENTIAL_IN_TX, self.user_id, credential_type
+            CREDENTIAL_ONE_SHOT, _CREDENTIAL_IN_TX, self.user_id, credential_type
         )
-        if not rows:
-            raise CredentialNotFound(credential_type, "missing")
-        row = rows[0]
-        if not row["is_active"]:
-            raise CredentialNotFound(credential_type, "inactive")
-        expires_at = _aware(row["expires_at"])
-        if expires_at is not None and expires_at <= _now():
-            raise CredentialNotFound(credential_type, "expired")
-        return self._decrypted(row)
+        return usable_credential(self.user_id, credential_type, rows)
 
     async def list_credentials(
         self, include_inactive: bool = False
     ) -> list[UserCredential]:
         """Usable credentials; with include_inactive, also inactive and expired ones."""
         rows = await self._connection.read(
-            _CREDENTIALS_ONE_SHOT, _CREDENTIALS_IN_TX, self.user_id
+            CREDENTIALS_ONE_SHOT, _CREDENTIALS_IN_TX, self.user_id
         )
-        if not include_inactive:
-            now = _now()
-            rows = [
-                row
-                for row in rows
-                if row["is_active"]
-                and _unexpired(row["expires_at"], now)
-            ]
-        return [self._decrypted(row) for row in rows]
+        return usable_credentials(self.user_id, rows, include_inactive)
 
     async def deactivate_credential(self, credential_type: str) -> None:
-        _check_credential_type(credential_type)
+        check_credential_type(credential_type)
         if not await self._connection.fetch(_DEACTIVATE, self.user_id, credential_type):
             raise CredentialNotFound(credential_type, "missing")
 
     async def delete_credential(self, credential_type: str) -> None:
-        _check_credential_type(credential_type)
+        check_credential_type(credential_type)
         if not await self._connection.fetch(
             _DELETE_CREDENTIAL, self.user_id, credential_type
         ):
             raise CredentialNotFound(credential_type, "missing")
 
-    # Crypto #################################################################
 
-    def _decrypted(self, row: asyncpg.Record) -> UserCredential:
-        if row["user_id"] != self.user_id:  # RLS makes this impossible; be sure.
-            raise ScopeError("the database returned another user's row")
-        api_key, secret_key = unseal_row(get_key_ring(), row)
-        return self._model(row, api_key, secret_key)
+def credential_model(row: asyncpg.Record, api_key: str, secret_key: str) -> UserCredential:
+    """The read model of a stored row, built without re-validating it.
 
-    @staticmethod
-    def _model(row: asyncpg.Record, api_key: str, secret_key: str) -> UserCredential:
-        """The read model of a stored row, built without re-validating it.
-
-        ``model_construct`` is safe here, and saves most of the read path's
-        pydantic cost: every value comes from a typed column of our own
-        table (uuid, text, boolean, timestamptz; NOT NULL and CHECKs as the
-        model says), read back by asyncpg as the model's Python types; the
-        row's owner was checked; ``expires_at`` is made aware (asyncpg reads
-        'infinity' naive); and the secrets are strings that just decrypted
-        and decoded as UTF-8, wrapped in SecretStr as the model declares.
-        """
-        values: dict[str, Any] = {key: row[key] for key in _PLAIN_FIELDS}
-        values["expires_at"] = _aware(values["expires_at"])
-        values["api_key"] = SecretStr(api_key)
-        values["secret_key"] = SecretStr(secret_key)
-        return UserCredential.model_construct(_ALL_FIELDS, **values)
+    ``model_construct`` is safe here, and saves most of the read path's
+    pydantic cost: every value comes from a typed column of our own
+    table (uuid, text, boolean, timestamptz; NOT NULL and CHECKs as the
+    model says), read back by asyncpg as the model's Python types; the
+    row's owner was checked; ``expires_at`` is made aware (asyncpg reads
+    'infinity' naive); and the secrets are strings that just decrypted
+    and decoded as UTF-8, wrapped in SecretStr as the model declares.
+    """
+    values: dict[str, Any] = {key: row[key] for key in _PLAIN_FIELDS}
+    values["expires_at"] = _aware(values["expires_at"])
+    values["api_key"] = SecretStr(api_key)
+    values["secret_key"] = SecretStr(secret_key)
+    return UserCredential.model_construct(_ALL_FIELDS, **values)
 
 
 _SECRET_FIELDS = frozenset({"api_key", "secret_key"})

@@ -78,6 +78,30 @@ def _server_connection(raw: Any) -> Any:
     return getattr(raw, "_con", None) or raw
 
 
+async def ensure_rls_applies(raw: Any) -> None:
+    """Refuse a connection on which row-level security would not apply (checked once each)."""
+    if _server_connection(raw) not in _verified_connections:
+        await _refuse_rls_bypass(raw)
+
+
+def held_scope(user_id: str) -> UserScope | None:
+    """The scope this task holds for ``user_id``; None if it holds none.
+
+    A task started inside a scope inherits the context variable, but not the
+    right to use that scope's connection, so only the task that opened a
+    scope holds it. Holding one for another user is a ScopeError.
+    """
+    active = _active_scope.get()
+    if active is None or active.owner_task is not asyncio.current_task():
+        return None
+    if active.user_id != user_id:
+        raise ScopeError(
+            "a user_scope for another user is already active in this task; "
+            "finish it before opening a scope for a different user"
+        )
+    return active
+
+
 async def _refuse_rls_bypass(raw: Any) -> None:
     server_connection = _server_connection(raw)
     if server_connection in _verified_connections:
@@ -121,17 +145,10 @@ class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(ui
 
     async def __aenter__(self) -> UserScope:
         user_id = self._user_id
+        held = held_scope(user_id)
+        if held is not None:
+            return held  # the outer scope commits or rolls back
         task = asyncio.current_task()
-        active = _active_scope.get()
-        # A task started inside a scope inherits the context variable, but not
-        # the right to use that scope's connection: it opens its own.
-        if active is not None and active.owner_task is task:
-            if active.user_id != user_id:
-                raise ScopeError(
-                    "a user_scope for another user is already active in this task; "
-                    "finish it before opening a scope for a different user"
-                )
-            return active  # the outer scope commits or rolls back
         engine = get_engine()
         raw, pooled = await acquire(engine)
         connection = ScopeConnection(raw, user_id, task)
@@ -143,9 +160,9 @@ class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(ui
                 _PiccoloTransaction(connection)  # type: ignore[arg-type]
             ),
         )
-        if not self._allow_rls_bypass and _server_connection(raw) not in _verified_connections:
+        if not self._allow_rls_bypass:
             try:
-                await _refuse_rls_bypass(raw)
+                await ensure_rls_applies(raw)
             except BaseException:
                 await self._close()
                 raise

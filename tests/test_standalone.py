@@ -1,4 +1,4 @@
-"""One operation as its own transaction: put_credential in two round trips, as safe as a scope's.
+"""One operation as its own transaction: reads in one round trip, a put in two, as safe as a scope.
 
 Round trips are counted on the wire, by a loopback proxy between the
 package's pool and the real PostgreSQL (orchestrator_db.devdb.roundtrips).
@@ -16,8 +16,11 @@ import pytest_asyncio
 
 from orchestrator_db import (
     AccountNotFound,
+    CredentialNotFound,
+    ScopeError,
     close_pool,
     get_credential,
+    list_credentials,
     open_pool,
     put_credential,
     user_scope,
@@ -163,3 +166,65 @@ async def test_standalone_errors_are_typed(user_with_account) -> None:
             await put_credential(user_with_account, *bad)
     with pytest.raises(ValueError):
         await put_credential("", "alpaca", "AK", "SK")
+
+
+async def test_standalone_reads_say_why_nothing_is_usable(user_with_account, owner) -> None:
+    """Make sure get_credential and list_credentials (standalone) return usable credentials
+    and refuse missing, inactive and expired ones with their reason, as a scope does."""
+    import datetime
+
+    user_id = user_with_account
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+    await put_credential(user_id, "alpaca", "AK-a", "SK-a")
+    await put_credential(user_id, "polygon", "AK-p", "SK-p")
+    await put_credential(user_id, "tradier", "AK-t", "SK-t", expires_at=soon)
+    async with user_scope(user_id) as scope:
+        await scope.deactivate_credential("polygon")
+    await owner.execute(
+        "UPDATE user_credentials SET expires_at = now() - interval '1 day' "
+        "WHERE user_id = $1 AND credential_type = 'tradier'",
+        user_id,
+    )
+    assert (await get_credential(user_id, "alpaca")).api_key.get_secret_value() == "AK-a"
+    for credential_type, reason in (("polygon", "inactive"), ("tradier", "expired"), ("ibkr", "missing")):
+        with pytest.raises(CredentialNotFound) as refused:
+            await get_credential(user_id, credential_type)
+        assert refused.value.reason == reason
+    assert [c.credential_type for c in await list_credentials(user_id)] == ["alpaca"]
+    everything = await list_credentials(user_id, include_inactive=True)
+    assert [c.credential_type for c in everything] == ["alpaca", "polygon", "tradier"]
+
+
+async def test_standalone_calls_join_the_scope_this_task_holds(user_with_account, new_user) -> None:
+    """Make sure a standalone call inside a scope of the same user sees that scope's uncommitted
+    writes, and one for another user while a scope is held is a ScopeError."""
+    other = await new_user()
+    async with user_scope(user_with_account) as scope:
+        await scope.put_credential("alpaca", "AK-s", "SK-s")  # not committed yet
+        seen = await get_credential(user_with_account, "alpaca")
+        assert seen.api_key.get_secret_value() == "AK-s"
+        with pytest.raises(ScopeError):
+            await get_credential(other, "alpaca")
+        with pytest.raises(ScopeError):
+            await list_credentials(other)
+        with pytest.raises(ScopeError):
+            await put_credential(other, "alpaca", "AK", "SK")
+
+
+async def test_standalone_read_refuses_a_role_that_bypasses_rls(test_db, user_with_account) -> None:
+    """Make sure a standalone read on a connection that would bypass row-level security
+    (the table owner, a superuser here) is refused before anything is read."""
+    await close_pool()
+    use_settings(database_url=test_db.owner_url)
+    forget_engine()
+    await open_pool()
+    try:
+        with pytest.raises(ScopeError, match="row-level security"):
+            await get_credential(user_with_account, "alpaca")
+        with pytest.raises(ScopeError, match="row-level security"):
+            await list_credentials(user_with_account)
+    finally:
+        await close_pool()
+        use_settings()
+        forget_engine()
+        await open_pool()
