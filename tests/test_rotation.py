@@ -713,3 +713,24 @@ async def test_encrypt_plaintext_command_encrypts_legacy_rows(keys, owner, db, o
     assert again.returncode == 0
     assert "0 plaintext values in 0 rows" in again.stdout
     assert await my_rows(owner, keys) == after
+
+
+async def test_encrypt_plaintext_counts_rows_a_writer_holds_and_a_rerun_finishes(keys, owner, operator):
+    """Make sure encrypt_plaintext skips a plaintext row a writer holds, reports it as
+    remaining (the pass knew it skipped one, so it counted), and a rerun encrypts it."""
+    expected = await seed(owner, None, keys.prefix, 20)
+    rows = await my_rows(owner, keys)
+    held = rows[3]
+    async with owner.acquire() as writer:
+        async with writer.transaction():
+            await writer.execute("SELECT 1 FROM user_credentials WHERE id = $1 FOR UPDATE", held["id"])
+            result = await encrypt_plaintext(operator, keys.new, batch_size=7)
+    assert result.remaining == 1
+    assert result.rows == len(expected) - 1
+    left = await owner.fetchrow("SELECT api_key, secret_key FROM user_credentials WHERE id = $1", held["id"])
+    assert not is_envelope(left["api_key"]) and not is_envelope(left["secret_key"])
+
+    rerun = await encrypt_plaintext(operator, keys.new, batch_size=7)
+    assert (rerun.rows, rerun.remaining) == (1, 0)
+    assert all(is_envelope(row[c]) for row in await my_rows(owner, keys) for c in ("api_key", "secret_key"))
+    await assert_readable(expected, keys.new)
