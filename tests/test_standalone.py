@@ -228,3 +228,19 @@ async def test_standalone_read_refuses_a_role_that_bypasses_rls(test_db, user_wi
         use_settings()
         forget_engine()
         await open_pool()
+
+
+async def test_read_model_equals_the_validated_model(user_with_account) -> None:
+    """Make sure the read model, built without validation, is exactly what pydantic
+    validates from the same values (types, secrets hidden, fields set)."""
+    from orchestrator_db import UserCredential
+
+    stored = await put_credential(user_with_account, "alpaca", "AK-m", "SK-m")
+    read = await get_credential(user_with_account, "alpaca")
+    values = read.model_dump()
+    values["api_key"], values["secret_key"] = "AK-m", "SK-m"
+    validated = UserCredential.model_validate(values)
+    assert read == validated and stored.id == read.id
+    assert read.model_fields_set == validated.model_fields_set
+    assert repr(read) == repr(validated) and "AK-m" not in repr(read)
+    assert read.model_dump_json() == validated.model_dump_json()
