@@ -450,16 +450,17 @@ def credential_model(row: asyncpg.Record, api_key: str, secret_key: str) -> User
     'infinity' naive); and the secrets are strings that just decrypted
     and decoded as UTF-8, wrapped in SecretStr as the model declares.
     """
-    values: dict[str, Any] = {key: row[key] for key in _PLAIN_FIELDS}
+    # In the model's field order (the row has every field): repr, dumps and
+    # JSON list fields in that order.
+    values: dict[str, Any] = {key: row[key] for key in _FIELDS}
     values["expires_at"] = _aware(values["expires_at"])
     values["api_key"] = SecretStr(api_key)
     values["secret_key"] = SecretStr(secret_key)
     return _construct(values)
 
 
-_SECRET_FIELDS = frozenset({"api_key", "secret_key"})
 _ALL_FIELDS = frozenset(UserCredential.model_fields)
-_PLAIN_FIELDS = tuple(name for name in UserCredential.model_fields if name not in _SECRET_FIELDS)
+_FIELDS = tuple(UserCredential.model_fields)
 _new_object = object.__new__
 _set_attribute = object.__setattr__
 
@@ -483,7 +484,7 @@ def _construct_checked() -> Callable[[dict[str, Any]], UserCredential]:
     ``model_construct`` itself.
     """
     moment = datetime.datetime.now(datetime.timezone.utc)
-    sample = {
+    by_name = {
         "id": uuid.uuid4(),
         "user_account_id": uuid.uuid4(),
         "user_id": "sample",
@@ -495,6 +496,7 @@ def _construct_checked() -> Callable[[dict[str, Any]], UserCredential]:
         "created_at": moment,
         "updated_at": moment,
     }
+    sample = {name: by_name[name] for name in _FIELDS if name in by_name}
 
     def by_pydantic(values: dict[str, Any]) -> UserCredential:
         return UserCredential.model_construct(_ALL_FIELDS, **values)
