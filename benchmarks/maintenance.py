@@ -118,7 +118,9 @@ async def left_to_do(operator_url: str, keys: Keys, subset) -> int:
 
 
 async def run_worker(job: str, batch_size: int, operator_url: str, ring_text: str) -> dict[str, Any]:
-    env = {**os.environ, "DATABASE_URL": operator_url, "ORCHESTRATOR_DB_KEYS": ring_text}
+    # Raw keys in either mode: W4/W5 compare the package with a raw batch on the same ring.
+    env = {**os.environ, "DATABASE_URL": operator_url, "ORCHESTRATOR_DB_KEYS": ring_text,
+           "ORCHESTRATOR_DB_KEY_PROVIDER": "env"}
     env.pop("ORCHESTRATOR_DB_KEYS_FILE", None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.maintenance_worker", job, str(batch_size),

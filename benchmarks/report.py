@@ -286,6 +286,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Generated {meta['finished_at']} by `make bench"
         + (f" ARGS=\"{meta['args']}\"" if meta["args"] else "") + "`.",
+        f"Keys: {meta.get('key_provider', 'env')} provider"
+        + (" (Transit data keys on a local OpenBao, unwrapped when the pool opens)"
+           if meta.get("key_provider") == "transit" else " (raw keys)") + ". "
         f"Machine: {meta['machine']}; PostgreSQL {meta['server_version']} ("
         + ", ".join(f"{k}={v}" for k, v in meta.get("server_settings", {}).items())
         + "); "

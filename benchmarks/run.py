@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime
 import os
 import platform
@@ -71,8 +72,11 @@ from benchmarks.plans import explain_scoped_lookup
 from benchmarks.report import evaluate_targets, render_text, write_results
 from benchmarks.roundtrips import count_round_trips
 from benchmarks.sqlalchemy_baseline import SQLAlchemyTypeDecorator
+from orchestrator_db.crypto.data_keys import activate_data_key, create_data_key, set_data_key_state
 from orchestrator_db.crypto.keyring import KeyRing, generate_key_entry
+from orchestrator_db.crypto.providers import transit_client
 from orchestrator_db.devdb import DatabaseUnavailable, mask_password, resolve_server_url
+from orchestrator_db.devdb.openbao import OpenBao
 from orchestrator_db.settings import reload_settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -119,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rotation-rows", type=int, help="rows W4/W5 re-encrypt per run (default 20000)")
     parser.add_argument("--batch-size", type=int, default=1000, help="W4/W5 batch size (default 1000)")
     parser.add_argument("--skip-maintenance", action="store_true", help="skip W4, W5 and the memory check")
+    parser.add_argument("--key-provider", choices=("env", "transit"), default="env",
+                        help="where the package's keys come from: env (raw keys) or transit (data keys "
+                             "wrapped by a local OpenBao dev server, unwrapped when the pool opens)")
     parser.add_argument("--synchronous-commit-off", action="store_true",
                         help="diagnostic: the bench database commits without waiting for the WAL "
                              "flush, so W3 shows client and round-trip costs rather than fsync")
@@ -206,6 +213,38 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+async def _transit_keys(db: BenchDatabase) -> tuple[OpenBao, Keys]:
+    """Data keys wrapped by a local OpenBao dev server, stored as an operator would.
+
+    The package unwraps them when its pool opens (one Transit call each);
+    the raw baselines, the data set and the maintenance jobs get the same
+    keys unwrapped here, so every implementation reads the same envelopes.
+    """
+    server = OpenBao()
+    server.start()
+    server.setup_transit()
+    os.environ.update(server.transit_env())
+    reload_settings()
+    transit = transit_client()
+    connection = await asyncpg.connect(db.operator_url)
+    try:
+        entries = []
+        for key_id in ("bench_main", "bench_old", "bench_newer"):
+            await create_data_key(connection, transit, key_id)
+            wrapped = await connection.fetchval(
+                "SELECT wrapped_key FROM orchestrator_db_data_keys WHERE key_id = $1", key_id
+            )
+            key = await asyncio.to_thread(transit.unwrap, wrapped)
+            entries.append(f"{key_id}:{base64.b64encode(key).decode('ascii')}")
+        await activate_data_key(connection, "bench_main")
+        # Only the main and old keys are in the package's ring, as with env keys.
+        await set_data_key_state(connection, "bench_newer", "disabled")
+    finally:
+        await connection.close()
+    log(f"keys: Transit data keys on OpenBao at {server.addr} (unwrapped when the pool opens)")
+    return server, Keys(*entries)
+
+
 async def bench(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
     log(f"server: {mask_password(server_url)}")
     began = time.perf_counter()
@@ -218,13 +257,19 @@ async def bench(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
             await connection.execute(f'ALTER DATABASE "{db.name}" SET synchronous_commit = off')
         finally:
             await connection.close()
-    keys = Keys(generate_key_entry("bench_main"), generate_key_entry("bench_old"),
-                generate_key_entry("bench_newer"))
+    transit = None
+    if args.key_provider == "transit":
+        transit, keys = await _transit_keys(db)
+    else:
+        keys = Keys(generate_key_entry("bench_main"), generate_key_entry("bench_old"),
+                    generate_key_entry("bench_newer"))
     ring = KeyRing.parse(keys.ring_text)
     # The package reads its settings at first use: point it at the bench DB as the app role.
     os.environ["DATABASE_URL"] = db.app_url
-    os.environ["ORCHESTRATOR_DB_KEYS"] = keys.ring_text
+    os.environ["ORCHESTRATOR_DB_KEYS"] = keys.ring_text  # the maintenance jobs' raw ring
     os.environ.pop("ORCHESTRATOR_DB_KEYS_FILE", None)
+    if transit is not None:
+        os.environ.update(transit.transit_env())  # the package: ORCHESTRATOR_DB_KEY_PROVIDER=transit
     reload_settings()  # anything that read the settings before this point read the old environment
 
     impls: dict[str, Implementation] = {}
@@ -233,6 +278,8 @@ async def bench(args: argparse.Namespace, server_url: str) -> dict[str, Any]:
     finally:
         for impl in impls.values():
             await impl.close()
+        if transit is not None:
+            transit.stop()
         if args.keep:
             _keep_note(db, keys)
         else:
@@ -332,6 +379,7 @@ async def _bench_in(db: BenchDatabase, keys: Keys, ring: KeyRing, impls: dict, a
         "warmup": args.warmup,
         "load_seconds": load_seconds,
         "quick": args.quick,
+        "key_provider": args.key_provider,
     }
     return results
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from openbao import OpenBao
+from orchestrator_db.devdb.openbao import OpenBao
 
 from orchestrator_db.devdb.provisioning import (
     ProvisionedDatabase,

