@@ -29,6 +29,7 @@ from pydantic import SecretStr, TypeAdapter
 
 from orchestrator_db.connection import ScopeConnection
 from orchestrator_db.crypto.envelopes import CREDENTIALS_TABLE, cells, seal, unseal_row
+from orchestrator_db.crypto.keyring import KeyRing
 from orchestrator_db.crypto.providers import get_key_ring
 from orchestrator_db.errors import (
     AccountExists,
@@ -140,6 +141,35 @@ class WrittenCredential:
     previous: dict[str, Any] | None
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """Where a credential goes, and its secrets sealed for exactly that row."""
+
+    account_id: uuid.UUID
+    existing_id: uuid.UUID | None
+    row_id: uuid.UUID
+    sealed: dict[str, str]
+
+
+async def _slot(
+    fetch: Fetch, sql: str, user_id: str, data: UserCredentialInput, ring: KeyRing
+) -> _Slot:
+    """Look the slot up with ``sql`` and seal the secrets for its row (a new id if none)."""
+    found = await fetch(sql, user_id, data.credential_type)
+    if not found:
+        raise AccountNotFound(f"user {user_id!r} has no account; call create_account first")
+    account_id, existing_id = found[0]["account_id"], found[0]["credential_id"]
+    row_id = existing_id if existing_id is not None else uuid.uuid4()
+    cell = cells(
+        row_id=row_id, user_id=user_id, account_id=account_id, credential_type=data.credential_type
+    )
+    secrets = {"api_key": data.api_key, "secret_key": data.secret_key}
+    sealed = {
+        column: seal(ring, secrets[column].get_secret_value(), cell[column]) for column in cell
+    }
+    return _Slot(account_id, existing_id, row_id, sealed)
+
+
 async def write_credential(
     fetch: Fetch, user_id: str, data: UserCredentialInput
 ) -> WrittenCredential:
@@ -151,32 +181,17 @@ async def write_credential(
     account (including one deleted while this write waited for it).
     """
     ring = get_key_ring()
-    secrets = {
-        "api_key": data.api_key.get_secret_value(),
-        "secret_key": data.secret_key.get_secret_value(),
-    }
     for _ in range(_WRITE_ATTEMPTS):
-        slot = await fetch(_LOCK_SLOT, user_id, data.credential_type)
-        if not slot:
-            raise AccountNotFound(f"user {user_id!r} has no account; call create_account first")
-        account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
-        row_id = existing_id if existing_id is not None else uuid.uuid4()
-        cell = cells(
-            row_id=row_id,
-            user_id=user_id,
-            account_id=account_id,
-            credential_type=data.credential_type,
-        )
-        sealed = {column: seal(ring, secrets[column], cell[column]) for column in cell}
-        if existing_id is not None:
+        slot = await _slot(fetch, _LOCK_SLOT, user_id, data, ring)
+        if slot.existing_id is not None:
             rows = await fetch(
                 _REPLACE_CREDENTIAL,
-                existing_id,
+                slot.existing_id,
                 user_id,
-                sealed["api_key"],
-                sealed["secret_key"],
+                slot.sealed["api_key"],
+                slot.sealed["secret_key"],
                 data.expires_at,
-                account_id,
+                slot.account_id,
                 data.credential_type,
             )
             if rows:
@@ -189,12 +204,12 @@ async def write_credential(
         else:
             rows = await fetch(
                 _INSERT_CREDENTIAL,
-                row_id,
-                account_id,
+                slot.row_id,
+                slot.account_id,
                 user_id,
                 data.credential_type,
-                sealed["api_key"],
-                sealed["secret_key"],
+                slot.sealed["api_key"],
+                slot.sealed["secret_key"],
                 data.expires_at,
             )
             if rows:
@@ -227,31 +242,17 @@ async def write_credential_alone(
     holding any.
     """
     ring = get_key_ring()
-    secrets = {
-        "api_key": data.api_key.get_secret_value(),
-        "secret_key": data.secret_key.get_secret_value(),
-    }
     for _ in range(_WRITE_ATTEMPTS):
-        slot = await fetch_alone(_SLOT_ALONE, user_id, data.credential_type)
-        if not slot:
-            raise AccountNotFound(f"user {user_id!r} has no account; call create_account first")
-        account_id, existing_id = slot[0]["account_id"], slot[0]["credential_id"]
-        row_id = existing_id if existing_id is not None else uuid.uuid4()
-        cell = cells(
-            row_id=row_id,
-            user_id=user_id,
-            account_id=account_id,
-            credential_type=data.credential_type,
-        )
+        slot = await _slot(fetch_alone, _SLOT_ALONE, user_id, data, ring)
         try:
             rows = await fetch_alone(
                 _PUT_ALONE,
                 user_id,
-                row_id,
-                account_id,
+                slot.row_id,
+                slot.account_id,
                 data.credential_type,
-                seal(ring, secrets["api_key"], cell["api_key"]),
-                seal(ring, secrets["secret_key"], cell["secret_key"]),
+                slot.sealed["api_key"],
+                slot.sealed["secret_key"],
                 data.expires_at,
             )
         except ConstraintViolation as error:
