@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         False, validation_alias="ORCHESTRATOR_DB_ADMIN_MFA_REQUIRED"
     )
     allowed_hosts: str = Field("", validation_alias="ORCHESTRATOR_DB_ALLOWED_HOSTS")
+    #: Addresses of reverse proxies whose X-Forwarded-For/-Proto the admin
+    #: believes (comma-separated IPs or networks). Default none: each client
+    #: is known by its own address, so login rate limiting cannot be dodged.
+    admin_trusted_proxies: str = Field(
+        "", validation_alias="ORCHESTRATOR_DB_ADMIN_TRUSTED_PROXIES"
+    )
     #: The default, 127.0.0.1, is reachable from this machine only; a
     #: container sets 0.0.0.0 and publishes the port itself.
     admin_host: str = Field("127.0.0.1", validation_alias="ORCHESTRATOR_DB_ADMIN_HOST")
@@ -312,12 +318,13 @@ class AdminSettings:
     mfa_required: bool
     allowed_hosts: tuple[str, ...]
     production: bool
+    trusted_proxies: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return (
             f"AdminSettings(password={'**********' if self.password else None}, "
             f"mfa_required={self.mfa_required}, allowed_hosts={self.allowed_hosts}, "
-            f"production={self.production})"
+            f"production={self.production}, trusted_proxies={self.trusted_proxies})"
         )
 
 
@@ -328,6 +335,9 @@ def admin_settings() -> AdminSettings:
         mfa_required=settings.admin_mfa_required,
         allowed_hosts=tuple(h.strip() for h in settings.allowed_hosts.split(",") if h.strip()),
         production=settings.production,
+        trusted_proxies=tuple(
+            p.strip() for p in settings.admin_trusted_proxies.split(",") if p.strip()
+        ),
     )
 
 

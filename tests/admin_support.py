@@ -1,8 +1,9 @@
 """Shared by the admin tests: a real admin server, operators, and an HTTP login.
 
-The server is the real host app (orchestrator_db.admin.asgi) under uvicorn
-in a subprocess, connected to the test database as the test operator role,
-exactly as `make run` serves it.
+The server is the real host app, served by orchestrator_db.admin.asgi.serve
+(as `make run` serves it: uvicorn, forwarded headers only from trusted
+proxies) in a subprocess, connected to the test database as the test
+operator role.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ def start_admin_server(test_db: TestDatabase, name: str, **env: str) -> AdminSer
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "--factory",
-                "orchestrator_db.admin.asgi:create_app",
+                sys.executable, "-m", "orchestrator_db.admin.asgi",
                 "--fd", str(listener.fileno()), "--log-level", "warning",
             ],
             cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,

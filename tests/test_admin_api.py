@@ -185,7 +185,9 @@ async def test_patch_cannot_change_other_fields(as_superuser, superuser, credent
     renamed = client.patch(f"{CREDENTIALS_API}{credential['id']}/", json={"credential_type": "polygon"})
     secret = client.patch(f"{CREDENTIALS_API}{credential['id']}/", json={"api_key": ""})
 
-    assert renamed.status_code == 403
+    # 405 with a "detail" string: piccolo-admin shows it as text, not raw JSON.
+    assert renamed.status_code == 405
+    assert "credential_type cannot be changed" in renamed.json()["detail"]
     assert secret.status_code == 400
     assert await stored_row(owner, credential["id"]) == before
 
@@ -227,7 +229,8 @@ async def test_delete_is_superuser_only_and_audited(as_operator, as_superuser, o
     url = f"{CREDENTIALS_API}{credential['id']}/"
 
     refused = as_operator.delete(url)
-    assert refused.status_code == 403
+    assert refused.status_code == 405
+    assert "only superusers can delete" in refused.json()["detail"]
     assert await stored_row(owner, credential["id"]) is not None
 
     deleted = as_superuser.delete(url)
@@ -320,18 +323,21 @@ async def test_secret_form_errors_never_echo_secrets(as_superuser, credential) -
 
 
 @pytest.mark.asyncio
-async def test_user_table_is_read_only_without_camel_case_filters(as_superuser, new_user) -> None:
-    """Make sure Better Auth's "user" can be listed and filtered by e-mail, but not written or filtered on camelCase columns."""
+async def test_user_table_is_read_only_and_filters_on_its_own_column_names(as_superuser, new_user, owner) -> None:
+    """Make sure Better Auth's "user" can be listed and filtered, by e-mail and by its camelCase columns, but not written."""
     user_id = await new_user()
+    await owner.execute('UPDATE "user" SET "emailVerified" = false WHERE id = $1', user_id)
     client = as_superuser
 
     by_email = client.get("/api/tables/user/", params={"email": f"{user_id}@example.test"})
-    camel = client.get("/api/tables/user/", params={"email_verified": "true"})
+    unverified = client.get("/api/tables/user/", params={"emailVerified": "false", "__page_size": 1000})
     write = client.patch(f"/api/tables/user/{user_id}/", json={"name": "Mallory"})
 
     assert [row["id"] for row in by_email.json()["rows"]] == [user_id]
-    assert camel.status_code == 400
+    assert user_id in [row["id"] for row in unverified.json()["rows"]]
+    assert all(row["emailVerified"] is False for row in unverified.json()["rows"])
     assert write.status_code == 405
+    assert "Better Auth owns" in write.json()["detail"]
 
 
 @pytest.mark.asyncio
@@ -343,7 +349,8 @@ async def test_account_writes_are_superuser_only(as_operator, as_superuser, oper
     refused = as_operator.patch(url, json={"account_name": "Renamed"})
     changed = as_superuser.patch(url, json={"account_name": "Renamed"})
 
-    assert (refused.status_code, changed.status_code) == (403, 200)
+    assert (refused.status_code, changed.status_code) == (405, 200)
+    assert refused.json() == {"detail": "Only superusers can change this table."}
     [entry] = await audit_entries(owner, str(account_id))
     assert entry["changes"]["account_name"] == {"old": "Paper Account", "new": "Renamed"}
 
@@ -559,3 +566,73 @@ def test_audit_diff_never_records_secret_values() -> None:
 
     assert changes == {"password": SECRET_REPLACED, "active": {"old": True, "new": False}}
 
+
+
+# Refusals, resets and cascades ###############################################
+
+
+@pytest.mark.asyncio
+async def test_refusals_are_readable_and_nothing_is_dropped_silently(as_superuser, credential, owner) -> None:
+    """Make sure a changed key id is refused (not dropped with a success), a credential POST points to the secrets form even with a malformed body, and audit-log writes are refused."""
+    before = await stored_row(owner, credential["id"])
+
+    key_id = as_superuser.patch(f"{CREDENTIALS_API}{credential['id']}/", json={"key_id": "other"})
+    created = as_superuser.post(CREDENTIALS_API, json={"id": "", "credential_type": "x"})
+    audit = as_superuser.post("/api/tables/admin_audit_log/", json={"action": "forged"})
+
+    assert key_id.status_code == 405
+    assert "key_id cannot be changed" in key_id.json()["detail"]
+    assert created.status_code == 405
+    assert "'Set credential secrets' form" in created.json()["detail"]
+    assert audit.status_code == 405
+    assert "append-only" in audit.json()["detail"]
+    assert await stored_row(owner, credential["id"]) == before
+
+
+@pytest.mark.asyncio
+async def test_password_reset_by_superuser_ends_the_operators_sessions(server, as_superuser, fresh_operator, owner) -> None:
+    """Make sure a superuser's reset of an operator's password ends that operator's open sessions, and is audited without the password."""
+    victim = login(server, fresh_operator)
+    assert victim.get(CREDENTIALS_API).status_code == 200
+    new_password = secrets.token_urlsafe(16)
+
+    reset = as_superuser.patch(f"/api/tables/piccolo_user/{fresh_operator.id}/", json={"password": new_password})
+
+    assert reset.status_code == 200, reset.text
+    assert victim.get(CREDENTIALS_API).status_code == 401
+    assert await owner.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", fresh_operator.id) == 0
+    [entry] = await audit_entries(owner, str(fresh_operator.id))
+    assert entry["changes"]["password"] == SECRET_REPLACED
+    assert new_password not in json.dumps(entry["changes"])
+
+
+@pytest.mark.asyncio
+async def test_account_delete_audits_its_cascaded_credentials(as_superuser, superuser, credential, owner) -> None:
+    """Make sure deleting an account records each credential deleted with it, by type and id, and no secret."""
+    account_id = await owner.fetchval(
+        "SELECT user_account_id FROM user_credentials WHERE id = $1", uuid.UUID(credential["id"])
+    )
+    envelopes = await stored_row(owner, credential["id"])
+
+    deleted = as_superuser.delete(f"/api/tables/user_accounts/{account_id}/")
+
+    assert deleted.status_code == 204, deleted.text
+    [entry] = await audit_entries(owner, credential["id"])
+    assert (entry["action"], entry["table_name"], entry["actor_id"]) == ("delete", "user_credentials", superuser.id)
+    assert entry["changes"]["deleted_with"] == {"old": None, "new": f"user_accounts {account_id}"}
+    assert entry["changes"]["credential_type"] == {"old": "alpaca", "new": None}
+    logged = json.dumps(entry["changes"])
+    for secret in (credential["api_key"], credential["secret_key"], envelopes["api_key"], envelopes["secret_key"]):
+        assert secret not in logged
+
+
+@pytest.mark.asyncio
+async def test_pages_carry_a_content_security_policy(server) -> None:
+    """Make sure the admin's page and API answers carry a CSP that allows only the admin's own scripts."""
+    page = httpx.get(f"{server.admin_url}/")
+    policy = page.headers["content-security-policy"]
+
+    assert "script-src 'self';" in policy and "unsafe-eval" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "<title>Orchestrator admin</title>" in page.text
+    assert httpx.get(f"{server.admin_url}/odb/admin.js").status_code == 200

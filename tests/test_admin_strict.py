@@ -73,3 +73,68 @@ async def test_login_is_rate_limited(fresh_server, owner) -> None:
     assert statuses == [401] * LOGIN_ATTEMPTS
     assert right.status_code == 429
     assert "id" not in client.cookies
+
+
+@pytest.fixture
+def proxied_server(test_db) -> Iterator[AdminServer]:
+    server = start_admin_server(test_db, "trusted-proxy", ORCHESTRATOR_DB_ADMIN_TRUSTED_PROXIES="127.0.0.1")
+    yield server
+    stop_admin_server(server)
+
+
+@pytest.fixture
+def production_server(test_db) -> Iterator[AdminServer]:
+    server = start_admin_server(
+        test_db, "production", ORCHESTRATOR_DB_ENV="production", ORCHESTRATOR_DB_ALLOWED_HOSTS="127.0.0.1"
+    )
+    yield server
+    stop_admin_server(server)
+
+
+def _attempts(server: AdminServer, username: str, password: str, addresses: list[str]) -> list[int]:
+    """One login attempt per address, each claiming it in X-Forwarded-For."""
+    client = httpx.Client(base_url=server.admin_url)
+    client.get("/")
+    headers = {"X-CSRFToken": client.cookies.get("csrftoken")}
+    return [
+        client.post(
+            "/public/login/",
+            json={"username": username, "password": password},
+            headers={**headers, "X-Forwarded-For": address},
+        ).status_code
+        for address in addresses
+    ]
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_ignores_x_forwarded_for_by_default(fresh_server, owner) -> None:
+    """Make sure a client claiming a new X-Forwarded-For address on each attempt is still limited by its own address."""
+    account = await create_operator(owner)
+    addresses = [f"203.0.113.{n}" for n in range(LOGIN_ATTEMPTS + 1)]
+
+    wrong = _attempts(fresh_server, account.username, "not-the-password", addresses[:-1])
+    [right] = _attempts(fresh_server, account.username, account.password, addresses[-1:])
+
+    assert wrong == [401] * LOGIN_ATTEMPTS
+    assert right == 429
+
+
+@pytest.mark.asyncio
+async def test_trusted_proxy_forwards_the_client_address(proxied_server, owner) -> None:
+    """Make sure that behind a proxy named in ORCHESTRATOR_DB_ADMIN_TRUSTED_PROXIES each forwarded client is limited on its own."""
+    account = await create_operator(owner)
+
+    blocked = _attempts(proxied_server, account.username, "not-the-password", ["203.0.113.1"] * (LOGIN_ATTEMPTS + 1))
+    [other] = _attempts(proxied_server, account.username, account.password, ["203.0.113.2"])
+
+    assert blocked[-1] == 429
+    assert other == 200
+
+
+def test_production_marks_the_csrf_cookie_secure(production_server) -> None:
+    """Make sure that in production the CSRF cookie is Secure, and the pages still carry the CSP."""
+    page = httpx.get(f"{production_server.admin_url}/", headers={"Host": "127.0.0.1"})
+
+    [cookie] = [v for k, v in page.headers.multi_items() if k == "set-cookie" and v.startswith("csrftoken=")]
+    assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+    assert "content-security-policy" in page.headers

@@ -10,7 +10,9 @@ user table). PUT is refused outright: it replaces whole rows, which is how
 piccolo-admin wipes secret columns.
 
 Secret values never enter the log: a secret column that changed is recorded
-as ``"secret replaced"``.
+as ``"secret replaced"``. Rows that a delete removes by ``ON DELETE CASCADE``
+(an account's credentials) get an entry each, like the row deleted. A
+superuser's change to an operator's password ends that operator's sessions.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import decimal
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from piccolo.apps.user.tables import BaseUser
-from piccolo.columns import Column
+from piccolo.columns import Column, ForeignKey
 from piccolo.table import Table
 from piccolo_api.mfa.authenticator.tables import AuthenticatorSecret
+from piccolo_api.session_auth.tables import SessionsBase
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +42,8 @@ def route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 SECRET_REPLACED = "secret replaced"
+#: In a cascaded delete's entry: the row whose delete took this one with it.
+CASCADE = "deleted_with"
 
 Changes = dict[str, Any]
 
@@ -179,12 +184,18 @@ class AuditMiddleware:
         app: ASGIApp,
         tables: Mapping[str, type[Table]],
         auth_table: type[BaseUser],
+        session_table: type[SessionsBase],
         mfa_table: type[AuthenticatorSecret],
+        cascades: Mapping[type[Table], Sequence[ForeignKey]] = {},
     ) -> None:
+        """``cascades``: for a table, the foreign keys (ON DELETE CASCADE) of the
+        rows a delete of one of its rows removes with it."""
         self.app = app
         self.tables = dict(tables)
         self.auth_table = auth_table
+        self.session_table = session_table
         self.mfa_table = mfa_table
+        self.cascades = {table: list(keys) for table, keys in cascades.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -226,6 +237,9 @@ class AuditMiddleware:
 
         async def work(buffered: _BufferedSend) -> None:
             before = await snapshot(table, row_id) if row_id is not None else None
+            dependents = []
+            if method == "DELETE" and row_id is not None:
+                dependents = await self._dependents(table, row_id)
             await self.app(scope, receive, buffered)
             if buffered.status >= 400:
                 return
@@ -241,9 +255,28 @@ class AuditMiddleware:
             changes = diff(before, after, secret_fields)
             if action == "update" and not changes:
                 return
-            await record(_actor(scope), action, audit_table_name(table), target, changes)
+            actor = _actor(scope)
+            await record(actor, action, audit_table_name(table), target, changes)
+            for dependent, dependent_id, row in dependents:
+                secrets = frozenset(c._meta.name for c in dependent._meta.columns if is_secret(c))
+                changes = diff(row, None, secrets)
+                changes[CASCADE] = {"old": None, "new": f"{audit_table_name(table)} {target}"}
+                await record(actor, "delete", audit_table_name(dependent), dependent_id, changes)
+            if table is self.auth_table and action == "update" and "password" in changes:
+                # A reset password ends the operator's sessions, as a change does.
+                await self.session_table.delete().where(self.session_table.user_id == target)
 
         await self._in_transaction(scope, receive, send, table, work)
+
+    async def _dependents(self, table: type[Table], row_id: Any) -> list[tuple[type[Table], Any, dict]]:
+        """The rows a delete of ``row_id`` removes by cascade, as they are now."""
+        found = []
+        for key in self.cascades.get(table, []):
+            dependent = key._meta.table
+            rows = await dependent.select(*dependent._meta.columns).where(key == row_id)
+            pk = dependent._meta.primary_key._meta.name
+            found += [(dependent, row[pk], row) for row in rows]
+        return found
 
     async def _audited_password_change(self, scope, receive, send) -> None:
         actor = _actor(scope)

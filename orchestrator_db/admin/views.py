@@ -22,15 +22,25 @@ from piccolo.columns import (
 from piccolo.columns.readable import Readable
 from piccolo.table import Table
 
-from orchestrator_db.tables import (
-    CREDENTIAL_TYPE_MAX_LENGTH,
-    BetterAuthUser,
-    UserAccounts,
-)
+from orchestrator_db.tables import CREDENTIAL_TYPE_MAX_LENGTH, UserAccounts
 
 
-class UserRow(BetterAuthUser, tablename="user"):
-    """Better Auth's users, read-only in the admin, shown by e-mail."""
+class UserRow(Table, tablename="user"):
+    """Better Auth's users, read-only in the admin, shown by e-mail.
+
+    The columns are named as Better Auth names them (``emailVerified``,
+    ``createdAt``): piccolo-admin's front end looks a visible column up in
+    the schema by its Python name while the schema uses the database name,
+    so a snake_case alias leaves the list page blank. Same names, no alias.
+    """
+
+    id = Text(primary_key=True, help_text="Better Auth's user id.")
+    name = Text(default=None, required=True)
+    email = Text(default=None, required=True, unique=True)
+    emailVerified = Boolean(default=False)  # noqa: N815 (Better Auth's column name)
+    image = Text(null=True, default=None)
+    createdAt = Timestamptz()  # noqa: N815
+    updatedAt = Timestamptz()  # noqa: N815
 
     @classmethod
     def get_readable(cls) -> Readable:
