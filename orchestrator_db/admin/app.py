@@ -63,7 +63,8 @@ from orchestrator_db.settings import AdminSettings, admin_settings
 
 #: Login attempts allowed per client address in LOGIN_WINDOW_SECONDS; past
 #: them the address is refused (429) for LOGIN_WINDOW_SECONDS. Behind a
-#: reverse proxy, run uvicorn with --proxy-headers so the address is the client's.
+#: reverse proxy, name it in ORCHESTRATOR_DB_ADMIN_TRUSTED_PROXIES (asgi.serve)
+#: so the address is the client's; no other peer's X-Forwarded-For is believed.
 LOGIN_ATTEMPTS = 20
 LOGIN_WINDOW_SECONDS = 300
 
@@ -315,7 +316,8 @@ AUDIT = TableConfig(
 )
 
 TABLES = [USER, ACCOUNTS, CREDENTIALS, OPERATOR_ACCOUNTS, AUDIT]
-assert {config.table_class._meta.tablename for config in TABLES} == set(POLICIES)
+if {config.table_class._meta.tablename for config in TABLES} != set(POLICIES):
+    raise RuntimeError("every admin table needs exactly one policy in POLICIES")
 
 #: Every table the admin process touches, bound to the package's one engine.
 _ENGINE_TABLES: list[type[Table]] = [
