@@ -19,8 +19,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from orchestrator_db.devdb.openbao import OpenBao
 
+from orchestrator_db.devdb.openbao import OpenBao
 from orchestrator_db.devdb.provisioning import (
     ProvisionedDatabase,
     drop_provisioned_database,
