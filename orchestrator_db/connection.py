@@ -64,6 +64,12 @@ def database_error(error: Exception) -> ConnectionLost | DatabaseError:
     The driver's message is dropped: it can quote a value (a DETAIL line
     names a conflicting key, an encoding error shows the argument).
     """
+    if isinstance(error, asyncpg.QueryCanceledError):  # 57014: in class 57, but not a loss
+        return DatabaseError(
+            "the statement was cancelled (a statement timeout or a cancel request); "
+            "nothing of this scope was committed",
+            sqlstate=error.sqlstate,
+        )
     if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ArgumentError):
         return connection_lost(error)
     sqlstate = getattr(error, "sqlstate", None)
@@ -99,7 +105,9 @@ DRIVER_ERRORS = (asyncpg.PostgresError, *CONNECTION_FAILURES)
 
 def chained(error: BaseException) -> BaseException | None:
     """Keep a lost connection's cause for debugging; drop a server error, which may quote values."""
-    if isinstance(error, CONNECTION_FAILURES) and not isinstance(error, ArgumentError):
+    if isinstance(error, CONNECTION_FAILURES) and not isinstance(
+        error, (ArgumentError, asyncpg.QueryCanceledError)
+    ):
         return error
     return None
 
@@ -197,8 +205,11 @@ def _connected_one_is_free(pool: Any) -> bool:
     free = getattr(getattr(pool, "_queue", None), "_queue", None)
     if not free:
         return False
-    is_connected = getattr(free[-1], "is_connected", None)
-    return bool(is_connected is not None and is_connected())
+    holder = free[-1]
+    is_connected = getattr(holder, "is_connected", None)
+    # A holder from before expire_connections() reconnects on acquire.
+    current = getattr(holder, "_generation", None) == getattr(pool, "_generation", object())
+    return bool(current and is_connected is not None and is_connected())
 
 
 async def acquire(engine: PostgresEngine) -> tuple[Any, bool]:

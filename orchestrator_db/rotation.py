@@ -286,9 +286,7 @@ async def encrypt_plaintext(
             values.append(value)
         return values[0], values[1], changed
 
-    return await _reencrypt(
-        connection, ring, _NOT_ALL_ENCRYPTED, [], encrypt, batch_size, progress, recount=False
-    )
+    return await _reencrypt(connection, ring, _NOT_ALL_ENCRYPTED, [], encrypt, batch_size, progress)
 
 
 # The batch engine ############################################################
@@ -319,21 +317,13 @@ class _Run:
             "SELECT id, user_id, user_account_id, credential_type, api_key, secret_key "
             f"FROM {CREDENTIALS} WHERE "
         )
-        ordered = f" ORDER BY id LIMIT ${n + 1} FOR UPDATE"
-        # NOWAIT first: a row a writer holds raises at once, and the batch is
-        # taken again with SKIP LOCKED; so a pass knows whether it skipped any.
-        self.select_first = columns + where + ordered + " NOWAIT"
-        self.select_after = columns + f"id > ${n + 2} AND " + where + ordered + " NOWAIT"
-        self.select_first_skipping = columns + where + ordered + " SKIP LOCKED"
-        self.select_after_skipping = (
-            columns + f"id > ${n + 2} AND " + where + ordered + " SKIP LOCKED"
-        )
+        locked_batch = f" ORDER BY id LIMIT ${n + 1} FOR UPDATE SKIP LOCKED"
+        self.select_first = columns + where + locked_batch
+        self.select_after = columns + f"id > ${n + 2} AND " + where + locked_batch
         self.count_left = f"SELECT pg_catalog.count(*) FROM {CREDENTIALS} WHERE {where}"
         self.args = args
         self.progress = progress
         self.rows = self.values = self.batches = 0
-        #: Whether a batch of the current pass left rows a writer held.
-        self.skipped = False
 
     def record(self, rows: int, values: int) -> None:
         self.batches += 1
@@ -351,29 +341,11 @@ async def _batch(
     after: uuid.UUID | None,
 ) -> list[asyncpg.Record]:
     """Lock, transform and write back the next rows after ``after``: one transaction."""
-    try:
-        return await _write_batch(connection, run, transform, batch_size, after, skipping=False)
-    except asyncpg.LockNotAvailableError:
-        run.skipped = True
-        return await _write_batch(connection, run, transform, batch_size, after, skipping=True)
-
-
-async def _write_batch(
-    connection: asyncpg.Connection,
-    run: _Run,
-    transform: _Transform,
-    batch_size: int,
-    after: uuid.UUID | None,
-    *,
-    skipping: bool,
-) -> list[asyncpg.Record]:
     async with connection.transaction():
         if after is None:
-            sql = run.select_first_skipping if skipping else run.select_first
-            batch = await connection.fetch(sql, *run.args, batch_size)
+            batch = await connection.fetch(run.select_first, *run.args, batch_size)
         else:
-            sql = run.select_after_skipping if skipping else run.select_after
-            batch = await connection.fetch(sql, *run.args, batch_size, after)
+            batch = await connection.fetch(run.select_after, *run.args, batch_size, after)
         ids, api_keys, secret_keys, values = [], [], [], 0
         for row in batch:
             api_key, secret_key, changed = transform(row)
@@ -403,32 +375,19 @@ async def _reencrypt(
     transform: _Transform,
     batch_size: int,
     progress: Progress | None,
-    *,
-    recount: bool = True,
 ) -> ReencryptResult:
-    """Walk the primary key in locked batches, transforming matching rows, until none is left.
-
-    After a pass, the rows still matching are counted, unless ``recount`` is
-    False and the pass skipped no row a writer held: then it saw them all.
-    (Rotation always recounts: a process still on the old ring may write
-    under the old key during a rollout. No process writes plaintext.)
-    """
     check_batch_size(batch_size)
     await _require_all_rows_visible(connection)
     run = _Run(where, args, progress)
     idle = remaining = 0
     for _ in range(_MAX_PASSES):
         rows_before = run.rows
-        run.skipped = False
         after: uuid.UUID | None = None
         while True:  # one pass: walk the primary key once
             batch = await _batch(connection, run, transform, batch_size, after)
             if len(batch) < batch_size:
                 break
             after = batch[-1]["id"]
-        if not run.skipped and not recount:
-            remaining = 0  # the pass saw and wrote every matching row
-            break
         remaining = await connection.fetchval(run.count_left, *args)
         if remaining == 0:
             break

@@ -134,16 +134,20 @@ class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(ui
     more per scope (issue 14's profile).
     """
 
-    __slots__ = ("_user_id", "_allow_rls_bypass", "_opened", "_tokens")
+    __slots__ = ("_user_id", "_allow_rls_bypass", "_entered", "_opened", "_tokens")
 
     def __init__(self, user_id: str, *, allow_rls_bypass: bool = False) -> None:
         validate_user_id(user_id)
         self._user_id = user_id
         self._allow_rls_bypass = allow_rls_bypass
+        self._entered = False
         self._opened: tuple[Any, ScopeConnection, bool] | None = None
         self._tokens: tuple[Any, Any] | None = None
 
     async def __aenter__(self) -> UserScope:
+        if self._entered:  # its state is one scope's: entering it twice would mix two
+            raise ScopeError("this user_scope(...) was already entered; call user_scope again")
+        self._entered = True
         user_id = self._user_id
         held = held_scope(user_id)
         if held is not None:

@@ -242,5 +242,25 @@ async def test_read_model_equals_the_validated_model(user_with_account) -> None:
     validated = UserCredential.model_validate(values)
     assert read == validated and stored.id == read.id
     assert read.model_fields_set == validated.model_fields_set
+    assert type(read.model_fields_set) is type(validated.model_fields_set)
     assert repr(read) == repr(validated) and "AK-m" not in repr(read)
     assert read.model_dump_json() == validated.model_dump_json()
+    # Copies and assignment work as on any model (the fields set is the model's own).
+    assert read.model_copy(update={"is_active": False}).is_active is False
+    read.is_active = False
+    assert read.is_active is False and validated.is_active is True
+
+
+async def test_one_user_scope_cannot_be_entered_twice(user_with_account, owner) -> None:
+    """Make sure a user_scope object entered a second time (nested, or after it ended) is
+    refused with ScopeError, and the first scope still commits its own write."""
+    scope_once = user_scope(user_with_account)
+    async with scope_once as scope:
+        await scope.put_credential("alpaca", "AK-1", "SK-1")
+        with pytest.raises(ScopeError, match="already entered"):
+            async with scope_once:
+                pass
+    with pytest.raises(ScopeError, match="already entered"):
+        async with scope_once:
+            pass
+    assert list(await _credentials(owner, user_with_account)) == ["alpaca"]
