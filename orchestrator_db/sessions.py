@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 import asyncpg
 
-from orchestrator_db.connection import CONNECTION_FAILURES, acquire, connection_lost, release
+from orchestrator_db.connection import DRIVER_ERRORS, acquire, chained, database_error, release
 from orchestrator_db.engine import get_engine
 from orchestrator_db.errors import ConfigurationError, NotAuthenticated
 from orchestrator_db.settings import get_settings
@@ -136,6 +136,21 @@ def _cookie(header: str, name: str) -> str | None:
     return None
 
 
+def _well_formed(token: str) -> str:
+    """A token that can be signed and looked up: no control characters, valid Unicode.
+
+    Checked before any use, so neither the signature nor the driver ever
+    sees (and quotes in an error) a token it cannot encode.
+    """
+    if _CONTROL.search(token):
+        raise NotAuthenticated("malformed")
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NotAuthenticated("malformed") from None
+    return token
+
+
 def _verified_token(signed: str, secret: str) -> str:
     """The token of ``token.signature`` if the signature is Better Auth's; else raise."""
     if len(signed) > _MAX_VALUE_LENGTH:
@@ -144,9 +159,9 @@ def _verified_token(signed: str, secret: str) -> str:
     if dot < 1:
         raise NotAuthenticated("malformed")
     token, signature = signed[:dot], signed[dot + 1 :]
-    if not _SIGNATURE.fullmatch(signature) or _CONTROL.search(token):
+    if not _SIGNATURE.fullmatch(signature):
         raise NotAuthenticated("malformed")
-    expected = sign(token, secret).encode("ascii")
+    expected = sign(_well_formed(token), secret).encode("ascii")
     if not hmac.compare_digest(expected, signature.encode("ascii")):
         raise NotAuthenticated("bad_signature")
     return token
@@ -171,9 +186,9 @@ def session_token(
             if "." not in value:
                 if not settings.bearer_allow_unsigned:
                     raise NotAuthenticated("bad_signature")
-                if len(value) > _MAX_VALUE_LENGTH or _CONTROL.search(value):
+                if len(value) > _MAX_VALUE_LENGTH:
                     raise NotAuthenticated("malformed")
-                return value
+                return _well_formed(value)
             return _verified_token(_percent_decoded(value), settings.secret)
     if cookie:
         # Better Auth reads only the configured name, which carries the
@@ -188,6 +203,7 @@ def session_token(
 
 async def lookup_user_id(token: str) -> str:
     """The user id of a session token, through the session lookup function."""
+    _well_formed(token)
     engine = get_engine()
     raw, pooled = await acquire(engine)
     try:
@@ -207,8 +223,8 @@ async def lookup_user_id(token: str) -> str:
             "Better Auth's \"session\" table does not exist: run Better Auth's migrations "
             "(npx @better-auth/cli migrate), then `piccolo orchestrator_db check`"
         ) from None
-    except CONNECTION_FAILURES as error:
-        raise connection_lost(error) from error
+    except DRIVER_ERRORS as error:  # typed, and without the driver's text (it may quote the token)
+        raise database_error(error) from chained(error)
     finally:
         await release(engine, raw, pooled)
     if not rows:

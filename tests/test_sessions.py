@@ -237,6 +237,25 @@ async def test_missing_and_malformed(better_auth, config, secret) -> None:
     await refused("malformed", authorization="Bearer " + "t" * 2000)
 
 
+async def test_undecodable_tokens_are_malformed_and_never_quoted(secret) -> None:
+    """Make sure a token with a lone surrogate (what a server decoding headers with
+    surrogateescape hands over) is 'malformed', signed or bare, and no error holds it."""
+    token = "SECRETTOKEN" + "\udcff" + "x" * 20
+    signature = "A" * 43 + "="
+    for allow_unsigned in (False, True):
+        use_settings(get_settings(), bearer_allow_unsigned=allow_unsigned)
+        bare = "malformed" if allow_unsigned else "bad_signature"  # unsigned: refused first
+        for headers, reason in (
+            ({"authorization": f"Bearer {token}.{signature}"}, "malformed"),
+            ({"authorization": f"Bearer {token}"}, bare),
+            ({"cookie": f"better-auth.session_token={token}.{signature}"}, "malformed"),
+        ):
+            with pytest.raises(NotAuthenticated) as caught:
+                await authenticate(**headers)
+            assert caught.value.reason == reason
+            assert "SECRETTOKEN" not in f"{caught.value}{caught.value!r}"
+
+
 # Stricter than Better Auth, on purpose ######################################
 
 
