@@ -34,6 +34,7 @@ from playwright.async_api import (
     BrowserContext,
     ConsoleMessage,
     Page,
+    Request,
     Response,
     async_playwright,
 )
@@ -66,9 +67,22 @@ class Capture:
         self.unread: list[str] = []
         self.secrets: set[str] = set()
         self._pending: list[asyncio.Task] = []
+        self._in_flight: set[Request] = set()
 
     def watch(self, page: Page) -> None:
         page.on("response", lambda response: self._pending.append(asyncio.ensure_future(self._keep(response))))
+        page.on("request", lambda request: self._in_flight.add(request))
+        page.on("requestfinished", lambda request: self._in_flight.discard(request))
+        page.on("requestfailed", lambda request: self._in_flight.discard(request))
+
+    async def quiet(self) -> None:
+        """Wait until no request is in flight and every body is read (before leaving a document)."""
+        for _ in range(TIMEOUT_MS // 100):
+            if not self._in_flight:
+                break
+            await asyncio.sleep(0.1)
+        assert not self._in_flight, f"requests still in flight: {[r.url for r in self._in_flight]}"
+        await self.settle()
 
     async def _keep(self, response: Response) -> None:
         if 300 <= response.status < 400:  # a redirect has no body to read
@@ -86,7 +100,7 @@ class Capture:
 
     async def leaks(self, forbidden: set[str]) -> list[str]:
         """URLs whose body holds a secret or an envelope; every response must have been read."""
-        await self.settle()
+        await self.quiet()
         assert self.unread == [], "responses the leak scan could not read"
         assert self.bodies, "the browser received nothing"
         return [
@@ -483,7 +497,7 @@ async def test_every_page_as_each_operator_kind(
     for route, ready in (("", ".table_list"), ("change-password/", "input[type=password]")):
         await visit(page, server, route)
         await page.wait_for_selector(ready)
-    await capture.settle()  # a new document drops the bodies not read yet
+    await capture.quiet()  # a new document drops the bodies not read yet
     mfa = await page.goto(f"{server.admin_url}/api/mfa-setup/")
     assert mfa is not None and mfa.status == 200
     assert "content-security-policy" in mfa.headers
