@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     )
 
     # Database ###############################################################
-    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    #: SecretStr: the URL usually holds the password.
+    database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
     #: 0 disables asyncpg's prepared-statement cache: needed behind PgBouncer
     #: in transaction mode before 1.21 (Debian 12 ships 1.18).
     statement_cache_size: int = Field(
@@ -86,7 +87,7 @@ class Settings(BaseSettings):
         None, validation_alias="ORCHESTRATOR_DB_OPERATOR_PASSWORD"
     )
     #: Where `seed_demo` inserts its Better Auth users; default DATABASE_URL.
-    seed_users_url: str | None = Field(
+    seed_users_url: SecretStr | None = Field(
         None, validation_alias="ORCHESTRATOR_DB_SEED_USERS_URL"
     )
 
@@ -143,6 +144,8 @@ class Settings(BaseSettings):
     @field_validator("database_url", "seed_users_url", "admin_host", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         return (value.strip() or None) if isinstance(value, str) else value
 
     @property
@@ -216,7 +219,7 @@ def reload_settings() -> None:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str
+    url: str = field(repr=False)  # it usually holds the password
     statement_cache_size: int
     pool_min_size: int
     pool_max_size: int
@@ -227,7 +230,7 @@ class DatabaseSettings:
 def database_settings() -> DatabaseSettings:
     """The database settings, with DATABASE_URL required (cached: the hot path reads them)."""
     settings = get_settings()
-    url = settings.database_url
+    url = settings.database_url.get_secret_value() if settings.database_url else None
     if not url:
         raise ConfigurationError(
             "DATABASE_URL is not set. Set it to postgresql://user:pass@host:port/db, "
@@ -356,7 +359,8 @@ def configured_role_passwords() -> dict[str, str | None]:
 
 def configured_database_url() -> str | None:
     """DATABASE_URL if set; the run and test commands start a local server otherwise."""
-    return get_settings().database_url
+    url = get_settings().database_url
+    return url.get_secret_value() if url else None
 
 
 def seed_users_database_url() -> str | None:
@@ -365,7 +369,8 @@ def seed_users_database_url() -> str | None:
     Better Auth owns "user" and the application role may only read it, so
     the demo users are inserted by a role that may (the table owner).
     """
-    return get_settings().seed_users_url
+    url = get_settings().seed_users_url
+    return url.get_secret_value() if url else None
 
 
 def admin_bind() -> tuple[str, int]:
