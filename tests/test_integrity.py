@@ -36,8 +36,6 @@ from orchestrator_db.crypto.keyring import (
     is_envelope,
 )
 
-pytestmark = pytest.mark.asyncio
-
 API_KEY = "AKIA-integrity-api-5d1e"
 SECRET_KEY = "sk-integrity-secret-77c2"
 UTC = datetime.timezone.utc
@@ -80,6 +78,7 @@ async def _swap_types(owner: asyncpg.Pool, user_id: str) -> None:
 # Format v2: every identifying field is bound #################################
 
 
+@pytest.mark.asyncio
 async def test_swapped_credential_type_fails_to_decrypt(user_with_account, owner):
     """Make sure swapping the credential_type of two of a user's rows makes both fail with DecryptionError, never the other key."""
     await _two_credentials(user_with_account)
@@ -94,6 +93,7 @@ async def test_swapped_credential_type_fails_to_decrypt(user_with_account, owner
             await scope.list_credentials()
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("field", ["row", "user", "column", "type"])
 async def test_moved_envelope_fails_for_every_identifying_field(field, new_user, owner):
     """Make sure an envelope moved to another row, user, column or credential type fails with DecryptionError."""
@@ -162,6 +162,7 @@ def test_each_bound_field_changes_the_aad():
 # One envelope pattern ########################################################
 
 
+@pytest.mark.asyncio
 async def test_sql_envelope_predicate_agrees_with_is_envelope(owner):
     """Make sure the rotation SQL's idea of an envelope is exactly crypto's (one definition)."""
     ring = KeyRing.parse(generate_key_entry("k_1"))
@@ -239,6 +240,7 @@ def test_rotation_reseals_legacy_mfa_secrets():
     ],
     ids=repr,
 )
+@pytest.mark.asyncio
 async def test_expires_at_is_strict(expires_at, user_with_account, owner):
     """Make sure expires_at takes only an aware datetime PostgreSQL stores as itself; anything else is a ValidationError and writes nothing."""
     async with user_scope(user_with_account) as scope:
@@ -249,6 +251,7 @@ async def test_expires_at_is_strict(expires_at, user_with_account, owner):
     assert await _row(owner, user_with_account, "alpaca") is None
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("stored, usable", [("infinity", True), ("-infinity", False)])
 async def test_reads_survive_infinite_expiry(stored, usable, user_with_account, owner):
     """Make sure an 'infinity' / '-infinity' expires_at written by another tool reads as never expiring / expired, not a TypeError."""
@@ -278,6 +281,7 @@ async def test_reads_survive_infinite_expiry(stored, usable, user_with_account, 
 # Whitespace-only secrets #####################################################
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("api_key, secret_key", [("   ", "sk-ok"), ("ak-ok", " \t\n"), (" ", " ")])
 async def test_whitespace_only_secrets_are_refused(api_key, secret_key, user_with_account, owner):
     """Make sure a secret that is empty after stripping is a ValidationError naming the field, never echoing it, writing nothing."""
@@ -294,6 +298,7 @@ async def test_whitespace_only_secrets_are_refused(api_key, secret_key, user_wit
 # No raw driver error #########################################################
 
 
+@pytest.mark.asyncio
 async def test_put_racing_account_recreation_raises_no_driver_error(new_user, owner):
     """Make sure first writers queued on an account that is deleted and re-created get AccountNotFound or succeed, never a UniqueViolation."""
     user_id = await new_user()
@@ -358,6 +363,7 @@ def _server_error_classes() -> list[type[asyncpg.PostgresError]]:
     return found
 
 
+@pytest.mark.asyncio
 async def test_no_driver_error_escapes_the_public_api(new_user, owner):
     """Make sure every server error the write statements can meet surfaces as a typed project error: the list of escaping asyncpg classes is empty."""
     user_id = await new_user()
