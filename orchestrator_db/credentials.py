@@ -216,10 +216,7 @@ async def write_credential(
                 return WrittenCredential(rows[0], False, None)
         # The slot changed under us (the locks make this impossible for
         # writers on this path): look again, with a fresh snapshot.
-    raise TransactionConflict(
-        f"the {data.credential_type!r} credential kept changing during the write; "
-        "nothing was committed by this call: retry the scope"
-    )
+    raise _kept_changing(data.credential_type)
 
 
 # The write of a put that is its own transaction: two round trips, no lock.
@@ -261,8 +258,12 @@ async def write_credential_alone(
             continue  # the account is gone, or was re-created: look again
         if rows:
             return rows[0]
-    raise TransactionConflict(
-        f"the {data.credential_type!r} credential kept changing during the write; "
+    raise _kept_changing(data.credential_type)
+
+
+def _kept_changing(credential_type: str) -> TransactionConflict:
+    return TransactionConflict(
+        f"the {credential_type!r} credential kept changing during the write; "
         "nothing was written by this call: retry it"
     )
 
@@ -381,16 +382,7 @@ class UserScope:
         expires_at: datetime.datetime | None = None,
     ) -> UserCredential:
         """Insert, or replace in place (re-encrypted, reactivated)."""
-        data = validate_credential_input(
-            credential_type=credential_type,
-            api_key=api_key,
-            secret_key=secret_key,
-            expires_at=expires_at,
-        )
-        written = await write_credential(self._connection.fetch, self.user_id, data)
-        return credential_model(
-            written.row, data.api_key.get_secret_value(), data.secret_key.get_secret_value()
-        )
+        return await self._put(False, credential_type, api_key, secret_key, expires_at)
 
     async def _put_alone(
         self,
@@ -400,13 +392,26 @@ class UserScope:
         expires_at: datetime.datetime | None = None,
     ) -> UserCredential:
         """put_credential as its own transaction (see standalone.put_credential)."""
+        return await self._put(True, credential_type, api_key, secret_key, expires_at)
+
+    async def _put(
+        self,
+        alone: bool,
+        credential_type: str,
+        api_key: str,
+        secret_key: str,
+        expires_at: datetime.datetime | None,
+    ) -> UserCredential:
         data = validate_credential_input(
             credential_type=credential_type,
             api_key=api_key,
             secret_key=secret_key,
             expires_at=expires_at,
         )
-        row = await write_credential_alone(self._connection.fetch_alone, self.user_id, data)
+        if alone:
+            row = await write_credential_alone(self._connection.fetch_alone, self.user_id, data)
+        else:
+            row = (await write_credential(self._connection.fetch, self.user_id, data)).row
         return credential_model(row, data.api_key.get_secret_value(), data.secret_key.get_secret_value())
 
     async def get_credential(self, credential_type: str) -> UserCredential:
