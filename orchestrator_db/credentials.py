@@ -382,26 +382,19 @@ class UserScope:
         expires_at: datetime.datetime | None = None,
     ) -> UserCredential:
         """Insert, or replace in place (re-encrypted, reactivated)."""
-        return await self._put(False, credential_type, api_key, secret_key, expires_at)
-
-    async def _put_alone(
-        self,
-        credential_type: str,
-        api_key: str,
-        secret_key: str,
-        expires_at: datetime.datetime | None = None,
-    ) -> UserCredential:
-        """put_credential as its own transaction (see standalone.put_credential)."""
-        return await self._put(True, credential_type, api_key, secret_key, expires_at)
+        return await self._put(credential_type, api_key, secret_key, expires_at, alone=False)
 
     async def _put(
         self,
-        alone: bool,
         credential_type: str,
         api_key: str,
         secret_key: str,
         expires_at: datetime.datetime | None,
+        *,
+        alone: bool,
     ) -> UserCredential:
+        """Validate, write and build the model; ``alone``: as its own transaction
+        (standalone.put_credential), else in the scope's."""
         data = validate_credential_input(
             credential_type=credential_type,
             api_key=api_key,

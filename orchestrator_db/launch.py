@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ from orchestrator_db.devdb import (
     with_credentials,
     with_database,
 )
+from orchestrator_db.devdb.cluster import port_is_free
 from orchestrator_db.devdb.urls import database_of
 from orchestrator_db.errors import ConfigurationError, OrchestratorDBError
 from orchestrator_db.settings import (
@@ -150,18 +150,6 @@ def check_key_ring() -> None:
 
     if not uses_transit():
         load_key_ring()
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether the admin could listen on host:port (uvicorn sets SO_REUSEADDR too)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def check_admin_port() -> None:

@@ -79,9 +79,26 @@ def _server_connection(raw: Any) -> Any:
 
 
 async def ensure_rls_applies(raw: Any) -> None:
-    """Refuse a connection on which row-level security would not apply (checked once each)."""
-    if _server_connection(raw) not in _verified_connections:
-        await _refuse_rls_bypass(raw)
+    """Refuse a connection on which row-level security would not apply (checked once each).
+
+    A known connection costs a set lookup and no coroutine of its own: the
+    check runs on every scope and standalone call.
+    """
+    server_connection = _server_connection(raw)
+    if server_connection in _verified_connections:
+        return
+    try:
+        findings = await inspect_deployment(raw)
+    except DRIVER_ERRORS as error:
+        raise database_error(error) from None
+    bypasses = rls_bypasses(findings)
+    if bypasses:
+        raise ScopeError(
+            "refusing to run a user scope: row-level security would not "
+            f"protect this connection. {describe(bypasses)}. "
+            "(Tests of the bypass itself may pass allow_rls_bypass=True.)"
+        )
+    _verified_connections.add(server_connection)
 
 
 def held_scope(user_id: str) -> UserScope | None:
@@ -100,24 +117,6 @@ def held_scope(user_id: str) -> UserScope | None:
             "finish it before opening a scope for a different user"
         )
     return active
-
-
-async def _refuse_rls_bypass(raw: Any) -> None:
-    server_connection = _server_connection(raw)
-    if server_connection in _verified_connections:
-        return
-    try:
-        findings = await inspect_deployment(raw)
-    except DRIVER_ERRORS as error:
-        raise database_error(error) from None
-    bypasses = rls_bypasses(findings)
-    if bypasses:
-        raise ScopeError(
-            "refusing to run a user scope: row-level security would not "
-            f"protect this connection. {describe(bypasses)}. "
-            "(Tests of the bypass itself may pass allow_rls_bypass=True.)"
-        )
-    _verified_connections.add(server_connection)
 
 
 class user_scope:  # noqa: N801 - used as a function: ``async with user_scope(uid)``

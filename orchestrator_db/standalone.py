@@ -68,7 +68,7 @@ async def put_credential(
     if held is not None:  # write in the transaction of the scope this task holds
         return await held.put_credential(credential_type, api_key, secret_key, expires_at)
     async with user_scope(user_id) as scope:
-        return await scope._put_alone(credential_type, api_key, secret_key, expires_at)
+        return await scope._put(credential_type, api_key, secret_key, expires_at, alone=True)
 
 
 async def _read(sql: str, *args: str) -> list[asyncpg.Record]:

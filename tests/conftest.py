@@ -19,6 +19,7 @@ from dataclasses import fields
 import asyncpg
 import pytest
 import pytest_asyncio
+from better_auth_support import BetterAuth, BetterAuthConfig, new_secret
 from helpers import TestDatabase, run_piccolo
 
 from orchestrator_db.crypto.keyring import generate_key_entry
@@ -146,3 +147,35 @@ async def migrated_database(test_db: TestDatabase) -> AsyncIterator[Callable[[],
     yield make
     for name in made:
         await drop_database(test_db.server_url, name)
+
+
+# Better Auth (tests/better_auth/, the real package from npm) #################
+# Shared by the session, web-integration and example-app tests.
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def better_auth(test_db) -> AsyncIterator[BetterAuth]:
+    """The Node driver, with Better Auth's tables made by its own migration.
+
+    Our migrations ran first (the suite provisions the database), so this is
+    the "ours first" order: "session" is created after our lookup function.
+    """
+    driver = BetterAuth()
+    await driver.start()
+    await driver.migrate(BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": new_secret()}))
+    yield driver
+    await driver.close()
+
+
+@pytest.fixture
+def secret() -> Iterator[str]:
+    """A fresh secret, set for Python (through settings) and for the Better Auth config."""
+    value = new_secret()
+    use_settings(better_auth_secret=value)
+    yield value
+
+
+@pytest.fixture
+def config(test_db, secret: str) -> BetterAuthConfig:
+    """Better Auth's configuration for the test database, signing with ``secret``."""
+    return BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": secret})

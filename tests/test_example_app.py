@@ -19,31 +19,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
-from better_auth_support import BetterAuth, BetterAuthConfig, Issued, new_secret
+from better_auth_support import Issued, new_secret
 from helpers import ROOT
 
 from examples.trading_api.app import app
-from orchestrator_db.settings import use_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 EXAMPLE_AUTH = ROOT / "examples" / "trading_api" / "better_auth"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def better_auth(test_db) -> AsyncIterator[BetterAuth]:
-    driver = BetterAuth()
-    await driver.start()
-    await driver.migrate(BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": new_secret()}))
-    yield driver
-    await driver.close()
-
-
-@pytest.fixture
-def config(test_db) -> BetterAuthConfig:
-    secret = new_secret()
-    use_settings(better_auth_secret=secret)
-    return BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": secret})
 
 
 @pytest_asyncio.fixture(loop_scope="session")

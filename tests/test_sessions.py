@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
 
 import asyncpg
 import pytest
-import pytest_asyncio
-from better_auth_support import BetterAuth, BetterAuthConfig, new_secret
+from better_auth_support import BetterAuthConfig, new_secret
 from helpers import grant_roles, run_piccolo
 
 from orchestrator_db import (
@@ -32,33 +30,6 @@ from orchestrator_db.settings import get_settings, use_settings
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SESSION_COOKIE = "better-auth.session_token"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def better_auth(test_db) -> AsyncIterator[BetterAuth]:
-    """The Node driver, with Better Auth's tables made by its own migration.
-
-    Our migrations ran first (the suite provisions the database), so this is
-    the "ours first" order: "session" is created after our lookup function.
-    """
-    driver = BetterAuth()
-    await driver.start()
-    await driver.migrate(BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": new_secret()}))
-    yield driver
-    await driver.close()
-
-
-@pytest.fixture
-def secret() -> Iterator[str]:
-    """A fresh secret, set for Python (through settings) and for the Better Auth config."""
-    value = new_secret()
-    use_settings(better_auth_secret=value)
-    yield value
-
-
-@pytest.fixture
-def config(test_db, secret: str) -> BetterAuthConfig:
-    return BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": secret})
 
 
 async def refused(reason: str, **headers: str | None) -> None:

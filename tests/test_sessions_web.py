@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
-from better_auth_support import BetterAuth, BetterAuthConfig, new_secret
 from fastapi import Depends, FastAPI, HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,26 +14,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from orchestrator_db import AccountNotFound, NotAuthenticated, UserScope, current_user_scope
-from orchestrator_db.settings import use_settings
 from orchestrator_db.web import CurrentUserScope, not_authenticated_response, request_user_scope
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def better_auth(test_db) -> AsyncIterator[BetterAuth]:
-    driver = BetterAuth()
-    await driver.start()
-    await driver.migrate(BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": new_secret()}))
-    yield driver
-    await driver.close()
-
-
-@pytest.fixture
-def config(test_db) -> BetterAuthConfig:
-    secret = new_secret()
-    use_settings(better_auth_secret=secret)
-    return BetterAuthConfig(test_db.owner_url, {"BETTER_AUTH_SECRET": secret})
 
 
 events: list[str] = []

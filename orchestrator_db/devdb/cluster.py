@@ -68,13 +68,15 @@ async def probe(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
         await conn.close(timeout=timeout)
 
 
-def _port_is_free(port: int) -> bool:
-    """True if PostgreSQL could listen on HOST:port (it sets SO_REUSEADDR too,
-    so TIME_WAIT leftovers from a previous run do not count as busy)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def port_is_free(host: str, port: int) -> bool:
+    """True if a server could listen on host:port. PostgreSQL and uvicorn set
+    SO_REUSEADDR too, so TIME_WAIT leftovers from a previous run do not count
+    as busy."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((HOST, port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True
@@ -336,7 +338,7 @@ class EmbeddedPostgres:
             self._stop_locked()
             if port is None:
                 return self._ensure_running_locked()
-            if not _port_is_free(port):
+            if not port_is_free(HOST, port):
                 raise DatabaseUnavailable(f"cannot restart on port {port}: it is now in use by another process")
             self._start(port)
             return self._verify(port)
@@ -372,7 +374,7 @@ class EmbeddedPostgres:
             logger.info("removing stale postmaster.pid (pid %s is gone)", lines[0].strip())
             (self._data_dir / "postmaster.pid").unlink(missing_ok=True)
         recorded = self._recorded_port()
-        if recorded is not None and _port_is_free(recorded):
+        if recorded is not None and port_is_free(HOST, recorded):
             self._start(recorded)
             return self._verify(recorded)
         if recorded is not None:
