@@ -350,18 +350,20 @@ async def test_rerun_touches_only_what_is_not_current(keys, owner, operator):
     assert unseal(keys.new_only, fixed["secret_key"], cell) == "sk-half-stale"
 
 
-async def test_rotation_concurrent_with_writes_loses_nothing(keys, owner, operator):
-    """Make sure writes through the public API during a rotation are all kept and all decrypt."""
-    expected = await seed(owner, keys.old, keys.prefix, 80, ("alpaca", "polygon"))
-    use_key_ring(keys.new)  # the app processes run the new ring before rotation starts
-    users = sorted({user_id for user_id, _ in expected})
-    rotation = asyncio.create_task(rotate_keys(operator, keys.new, batch_size=4))
+async def write_while(
+    rotation: asyncio.Task, users: list[str], expected: Expected, *, writers: int
+) -> int:
+    """Put credentials through the public API from ``writers`` tasks until the rotation
+    ends (and ``writers`` puts each at least), recording them in ``expected``.
+
+    Returns how many puts ran while the rotation was still going.
+    """
     during_rotation = 0
 
     async def writer(mine: list[str], number: int) -> None:
         nonlocal during_rotation
         i = 0
-        while not rotation.done() or i < 6:
+        while not rotation.done() or i < writers:
             user_id = mine[i % len(mine)]
             credential_type = ("alpaca", "polygon", "tiingo")[(i // len(mine)) % 3]
             values = (f"api-{number}-{i}", f"secret-{number}-{i}")
@@ -371,7 +373,17 @@ async def test_rotation_concurrent_with_writes_loses_nothing(keys, owner, operat
             during_rotation += not rotation.done()
             i += 1
 
-    await asyncio.gather(*(writer(users[n::6], n) for n in range(6)))
+    await asyncio.gather(*(writer(users[n::writers], n) for n in range(writers)))
+    return during_rotation
+
+
+async def test_rotation_concurrent_with_writes_loses_nothing(keys, owner, operator):
+    """Make sure writes through the public API during a rotation are all kept and all decrypt."""
+    expected = await seed(owner, keys.old, keys.prefix, 80, ("alpaca", "polygon"))
+    use_key_ring(keys.new)  # the app processes run the new ring before rotation starts
+    users = sorted({user_id for user_id, _ in expected})
+    rotation = asyncio.create_task(rotate_keys(operator, keys.new, batch_size=4))
+    during_rotation = await write_while(rotation, users, expected, writers=6)
     result = await rotation
 
     assert during_rotation >= 6
@@ -393,22 +405,7 @@ async def test_rotation_upgrades_v1_to_v2_with_concurrent_writes(keys, owner, op
     users = sorted({user_id for user_id, _ in expected})
     use_key_ring(keys.old)  # same key: only the format is stale
     rotation = asyncio.create_task(rotate_keys(operator, keys.old, batch_size=4))
-    during_rotation = 0
-
-    async def writer(mine: list[str], number: int) -> None:
-        nonlocal during_rotation
-        i = 0
-        while not rotation.done() or i < 4:
-            user_id = mine[i % len(mine)]
-            credential_type = ("alpaca", "polygon", "tiingo")[(i // len(mine)) % 3]
-            values = (f"api-{number}-{i}", f"secret-{number}-{i}")
-            async with user_scope(user_id) as scope:
-                await scope.put_credential(credential_type, *values)
-            expected[(user_id, credential_type)] = values
-            during_rotation += not rotation.done()
-            i += 1
-
-    await asyncio.gather(*(writer(users[n::4], n) for n in range(4)))
+    during_rotation = await write_while(rotation, users, expected, writers=4)
     result = await rotation
 
     assert during_rotation >= 4
